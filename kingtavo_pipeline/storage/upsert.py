@@ -1,0 +1,120 @@
+"""The one row-upsert every core table uses: COPY into a staging table, then one guarded
+``INSERT ... ON CONFLICT`` — all inside the caller's transaction.
+
+The guard: a staged row replaces the stored one only when its version column is newer, or equal
+with different content, so an older version never overwrites a newer one and re-applying the same
+rows changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from kingtavo_pipeline.storage.postgres import copy_arrow, qualified, to_arrow
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    staged: int
+    inserted: int
+    updated: int
+
+    @property
+    def unchanged(self) -> int:
+        """Staged rows that were duplicates in the batch, older than the stored row, or identical to it."""
+        return self.staged - self.inserted - self.updated
+
+
+def upsert(
+    conn: psycopg.Connection,
+    table: str,
+    frame: pd.DataFrame | pa.Table,
+    key_columns: Sequence[str],
+    *,
+    version_column: str | None = "updated_at",
+    on_conflict: str = "update",
+    set_expressions: Mapping[str, str] | None = None,
+) -> UpsertResult:
+    """Upsert ``frame`` into ``table`` (``schema.table`` allowed) keyed on ``key_columns``.
+
+    ``key_columns`` must match a unique constraint of the table. Within the batch, the row with the
+    highest ``version_column`` wins per key. ``on_conflict="ignore"`` keeps the stored row.
+    ``set_expressions`` overrides the update of given columns with SQL over ``t`` (the stored row)
+    and ``EXCLUDED`` (e.g. ``{"attempts": "t.attempts + 1"}``); they are trusted code, not input.
+    """
+    if on_conflict not in ("update", "ignore"):
+        raise ValueError(f"on_conflict must be 'update' or 'ignore', not {on_conflict!r}")
+    arrow = to_arrow(frame)
+    columns = arrow.column_names
+    missing = [c for c in key_columns if c not in columns]
+    if missing:
+        raise ValueError(f"upsert into {table}: key columns {missing} are not in the frame")
+    if version_column is not None and version_column not in columns:
+        raise ValueError(f"upsert into {table}: version column {version_column!r} is not in the frame")
+    if arrow.num_rows == 0:
+        return UpsertResult(0, 0, 0)
+
+    target = qualified(table)
+    stage = sql.Identifier(f"_stage_{uuid.uuid4().hex[:12]}")
+    ident = {c: sql.Identifier(c) for c in columns}
+    col_list = sql.SQL(", ").join(ident[c] for c in columns)
+    keys = sql.SQL(", ").join(ident[c] for c in key_columns)
+
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(stage, col_list, target)
+    )
+    copy_arrow(conn, stage, arrow, columns)
+
+    order = keys
+    if version_column is not None:
+        order = sql.SQL("{}, {} DESC NULLS LAST").format(keys, ident[version_column])
+    select = sql.SQL("SELECT DISTINCT ON ({keys}) {cols} FROM {stage} ORDER BY {order}").format(
+        keys=keys, cols=col_list, stage=stage, order=order
+    )
+
+    overrides = dict(set_expressions or {})
+    updatable = [c for c in columns if c not in key_columns]
+    if on_conflict == "ignore" or not (updatable or overrides):
+        conflict = sql.SQL("DO NOTHING")
+    else:
+        assignments = [
+            sql.SQL("{} = {}").format(ident[c], sql.SQL(overrides.pop(c)) if c in overrides else sql.SQL("EXCLUDED.{}").format(ident[c]))
+            for c in updatable
+        ]
+        assignments += [sql.SQL("{} = {}").format(sql.Identifier(c), sql.SQL(expr)) for c, expr in overrides.items()]
+        compared = [c for c in updatable if c != version_column]
+        changed = (
+            sql.SQL("({}) IS DISTINCT FROM ({})").format(
+                sql.SQL(", ").join(sql.SQL("t.{}").format(ident[c]) for c in compared),
+                sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(ident[c]) for c in compared),
+            )
+            if compared
+            else sql.SQL("false")
+        )
+        if version_column is not None and not set_expressions:
+            v = ident[version_column]
+            guard = sql.SQL("t.{v} IS NULL OR EXCLUDED.{v} > t.{v} OR (EXCLUDED.{v} = t.{v} AND {changed})").format(
+                v=v, changed=changed
+            )
+        elif version_column is not None:
+            v = ident[version_column]
+            guard = sql.SQL("t.{v} IS NULL OR EXCLUDED.{v} >= t.{v}").format(v=v)
+        else:
+            guard = changed if not set_expressions else sql.SQL("true")
+        conflict = sql.SQL("DO UPDATE SET {} WHERE {}").format(sql.SQL(", ").join(assignments), guard)
+
+    statement = sql.SQL(
+        "WITH written AS (INSERT INTO {target} AS t ({cols}) {select} ON CONFLICT ({keys}) {conflict} "
+        "RETURNING (xmax = 0) AS inserted) "
+        "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
+    ).format(target=target, cols=col_list, select=select, keys=keys, conflict=conflict)
+    inserted, updated = conn.execute(statement).fetchone()
+    conn.execute(sql.SQL("DROP TABLE {}").format(stage))
+    return UpsertResult(staged=arrow.num_rows, inserted=inserted, updated=updated)

@@ -1,0 +1,355 @@
+"""The unified item schema (Kasparro requirements) and the vectorised raw -> unified mapping.
+
+Pure pandas: no Dagster, no database. One call maps one batch of raw rows; every row ends up either
+in ``valid`` (one row per item, deduplicated) or in ``rejects`` (one row per bad record, all its
+problems listed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+FieldKind = Literal["text", "url", "amount", "quantity", "timestamp"]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: FieldKind
+    required: bool = False
+
+
+# Order is the column order of the unified table.
+UNIFIED_FIELDS: Mapping[str, FieldSpec] = {
+    spec.name: spec
+    for spec in (
+        FieldSpec("external_id", "text", required=True),
+        FieldSpec("title", "text", required=True),
+        FieldSpec("description", "text"),
+        FieldSpec("category", "text"),
+        FieldSpec("url", "url"),
+        FieldSpec("amount", "amount"),
+        FieldSpec("quantity", "quantity"),
+        FieldSpec("published_at", "timestamp"),
+    )
+}
+
+RAW_INPUT_COLUMNS = ("source_type", "source_name", "source_id", "raw_data_id", "partition_date", "payload")
+
+VALID_COLUMNS = (
+    "source_type",
+    "source_name",
+    "external_id",
+    "title",
+    "description",
+    "category",
+    "url",
+    "amount",
+    "quantity",
+    "metadata",
+    "published_at",
+    "partition_date",
+    "raw_data_id",
+    "updated_at",
+)
+REJECT_COLUMNS = ("source_id", "raw_data_id", "payload", "error_type", "error_message")
+
+# Lower rank wins when a record has several problems of different kinds.
+ERROR_TYPES = ("malformed_payload", "missing_required", "invalid_type", "invalid_value")
+_RANK = {name: rank for rank, name in enumerate(ERROR_TYPES)}
+
+TS_DTYPE = "datetime64[us, UTC]"
+_MAX_INT64 = 2**63 - 1
+_URL_RE = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+[^\s]*$"
+
+
+@dataclass
+class MappingResult:
+    valid: pd.DataFrame
+    rejects: pd.DataFrame
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def _clean_text(values: pd.Series) -> pd.Series:
+    """Any JSON scalar -> stripped ``str``; None/NaN/empty -> None (object dtype keeps None for the DB)."""
+    out = pd.Series(None, index=values.index, dtype=object)
+    present = values.notna()
+    if present.any():
+        text = values[present].astype(str).str.strip()
+        out[present] = text.where(text != "", None).astype(object)
+    return out
+
+
+def parse_timestamps(values: pd.Series, *, dayfirst: bool = False, date_format: str | None = None) -> pd.Series:
+    """Strings -> ``datetime64[us, UTC]``; unparseable or empty -> NaT. Naive times are taken as UTC.
+
+    Tiered so the common case stays vectorised: ISO-8601 first (never reordered by ``dayfirst``,
+    which dateutil would do to "2024-11-01"), then one inferred format for the rest, and only what
+    is still left goes element by element (``format="mixed"``).
+    """
+    text = values.astype(object).where(values.notna(), None)
+    text = pd.Series(text, index=values.index, dtype=object).map(lambda v: v if isinstance(v, str) else (None if v is None else str(v)))
+    text = text.str.strip().where(lambda s: s != "", None) if len(text) else text
+    with warnings.catch_warnings():
+        # "Could not infer format..." / dayfirst hints are expected for mixed inputs.
+        warnings.simplefilter("ignore", UserWarning)
+        if date_format:
+            out = pd.to_datetime(text, format=date_format, errors="coerce", utc=True)
+        else:
+            out = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+            for kwargs in ({}, {"format": "mixed"}):
+                rest = out.isna() & text.notna()
+                if not rest.any():
+                    break
+                parsed = pd.to_datetime(text[rest], errors="coerce", utc=True, dayfirst=dayfirst, **kwargs)
+                out = out.astype(TS_DTYPE)
+                out[rest] = parsed.astype(TS_DTYPE)
+    return pd.Series(out, index=values.index).astype(TS_DTYPE)
+
+
+def parse_amounts(values: pd.Series) -> pd.Series:
+    """Money strings -> float64 (NaN when unparseable). Both "1,234.50" and "1.234,50"/"1234,50" work.
+
+    The separator that comes last is the decimal one; a lone comma is decimal too, except in
+    "1,234"-shaped values (1-3 digits, comma, exactly three digits), read as a thousands group.
+    """
+    s = pd.Series(values, dtype=object).map(lambda v: v if isinstance(v, str) else (None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)))
+    s = s.astype("string").str.replace(r"[\s\u00a0\u202f'’_]", "", regex=True)
+    # Currency marks around the number ("€19,90", "$12", "12.50 EUR") are not part of the value.
+    s = s.str.replace(r"^[€$£¥]|[€$£¥]$|^(EUR|USD|GBP)|(EUR|USD|GBP)$", "", regex=True, case=False)
+    has_comma = s.str.contains(",", regex=False).fillna(False)
+    has_dot = s.str.contains(".", regex=False).fillna(False)
+    comma_last = s.str.rfind(",") > s.str.rfind(".")
+    us_thousands = s.str.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?").fillna(False)
+    eu_thousands = s.str.fullmatch(r"[+-]?\d{1,3}(\.\d{3})+(,\d+)?").fillna(False)
+    single_comma = (s.str.count(",") == 1).fillna(False)
+
+    # Decimal comma: comma after the last dot, or a lone comma not shaped like a US thousands group.
+    decimal_comma = has_comma & ((has_dot & comma_last.fillna(False)) | (~has_dot & single_comma & ~us_thousands))
+    decimal_comma |= eu_thousands & has_dot & ~(~has_comma & (s.str.count(r"\.") == 1).fillna(False))
+    out = s.copy()
+    out[decimal_comma] = s[decimal_comma].str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
+    other = ~decimal_comma
+    out[other] = s[other].str.replace(",", "", regex=False)
+    number = pd.to_numeric(out, errors="coerce").astype("float64")
+    return number.where(np.isfinite(number))
+
+
+def _quote(values: pd.Series, limit: int = 80) -> pd.Series:
+    """repr-style quoting for messages, long values cut (only ever called on the bad subset)."""
+    return values.map(lambda v: repr(v if len(str(v)) <= limit else str(v)[:limit] + "..."))
+
+
+def _empty_valid() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source_type": pd.Series(dtype=object),
+            "source_name": pd.Series(dtype=object),
+            "external_id": pd.Series(dtype=object),
+            "title": pd.Series(dtype=object),
+            "description": pd.Series(dtype=object),
+            "category": pd.Series(dtype=object),
+            "url": pd.Series(dtype=object),
+            "amount": pd.Series(dtype="float64"),
+            "quantity": pd.Series(dtype="Int64"),
+            "metadata": pd.Series(dtype=object),
+            "published_at": pd.Series(dtype=TS_DTYPE),
+            "partition_date": pd.Series(dtype=object),
+            "raw_data_id": pd.Series(dtype="int64"),
+            "updated_at": pd.Series(dtype=TS_DTYPE),
+        }
+    )
+
+
+def _empty_rejects() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source_id": pd.Series(dtype=object),
+            "raw_data_id": pd.Series(dtype="int64"),
+            "payload": pd.Series(dtype=object),
+            "error_type": pd.Series(dtype=object),
+            "error_message": pd.Series(dtype=object),
+        }
+    )
+
+
+def _parse_payload(text: Any) -> dict | str:
+    """A dict, or the error message when the payload is not a JSON object."""
+    if isinstance(text, dict):
+        return text
+    if not isinstance(text, (str, bytes, bytearray)):
+        return f"payload: expected a JSON object string, got {type(text).__name__}"
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return f"payload: invalid JSON ({exc})"
+    if not isinstance(value, dict):
+        return f"payload: not a JSON object (got {type(value).__name__})"
+    return value
+
+
+def _partition_dates(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """-> (python ``date`` objects, midnight UTC timestamps)."""
+    ts = pd.to_datetime(values, errors="coerce")
+    if getattr(ts.dt, "tz", None) is not None:
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    ts = ts.dt.normalize()
+    dates = pd.Series(ts.dt.date, index=values.index, dtype=object).where(ts.notna(), None)
+    return dates, ts.dt.tz_localize("UTC").astype(TS_DTYPE)
+
+
+# ------------------------------------------------------------------------------------ the mapping
+
+
+def map_to_unified(
+    raw: pd.DataFrame,
+    fields: Mapping[str, str],
+    *,
+    dayfirst: bool = False,
+    date_format: str | None = None,
+) -> MappingResult:
+    """Map a batch of raw rows to the unified schema.
+
+    ``fields`` maps unified field -> payload key. ``dayfirst``/``date_format`` apply to
+    ``published_at`` (pass the CSV source's settings so dates parse as they did for partitioning).
+    Optional text columns hold ``None`` when absent; ``amount`` NaN; ``quantity`` <NA>.
+    """
+    missing_cols = [c for c in RAW_INPUT_COLUMNS if c not in raw.columns]
+    if missing_cols:
+        raise ValueError(f"raw frame lacks columns {missing_cols}; expected {list(RAW_INPUT_COLUMNS)}")
+    unknown = sorted(set(fields) - set(UNIFIED_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown unified field(s) {unknown}; known: {list(UNIFIED_FIELDS)}")
+    if raw.empty:
+        return MappingResult(_empty_valid(), _empty_rejects())
+
+    raw = raw.reset_index(drop=True)
+    index = raw.index
+    parsed = [_parse_payload(p) for p in raw["payload"]]
+    malformed = pd.Series([not isinstance(p, dict) for p in parsed], index=index)
+    dicts = [p if isinstance(p, dict) else {} for p in parsed]
+
+    # One frame of just the mapped payload keys (absent keys -> NaN).
+    mapped_keys = list(dict.fromkeys(fields.values()))
+    cols = pd.DataFrame.from_records(dicts, columns=mapped_keys, index=index) if mapped_keys else pd.DataFrame(index=index)
+    mapped_set = set(mapped_keys)
+    metadata = pd.Series(
+        [json.dumps({k: v for k, v in d.items() if k not in mapped_set}, ensure_ascii=False, separators=(",", ":")) for d in dicts],
+        index=index,
+        dtype=object,
+    )
+
+    def source(field: str) -> pd.Series:
+        key = fields.get(field)
+        if key is None:
+            return pd.Series(None, index=index, dtype=object)
+        return cols[key]
+
+    problems: list[tuple[pd.Series, str, pd.Series]] = []  # (mask, error_type, messages)
+
+    def problem(mask: pd.Series, error_type: str, messages: pd.Series | str) -> None:
+        mask = mask.fillna(False).astype(bool) & ~malformed
+        if mask.any():
+            if isinstance(messages, str):
+                messages = pd.Series(messages, index=index[mask], dtype=object)
+            problems.append((mask, error_type, messages[mask] if len(messages) == len(index) else messages))
+
+    out: dict[str, pd.Series] = {}
+    for name, spec in UNIFIED_FIELDS.items():
+        raw_values = source(name)
+        text = _clean_text(raw_values)
+        where = f" (payload key {fields[name]!r})" if name in fields else " (not mapped)"
+        if name == "external_id":
+            text = text.where(text.notna(), _clean_text(raw["source_id"]))
+        if spec.required:
+            problem(text.isna(), "missing_required", f"{name}: required value missing{where}")
+        present = text.notna()
+        if spec.kind == "text":
+            out[name] = text
+        elif spec.kind == "url":
+            ok = text.astype("string").str.match(_URL_RE).fillna(False).astype(bool)
+            bad = present & ~ok
+            problem(bad, "invalid_value", f"{name}: " + _quote(text[bad]) + " is not an http(s) URL")
+            out[name] = text.where(~bad, None)
+        elif spec.kind == "amount":
+            number = parse_amounts(text)
+            bad = present & number.isna()
+            problem(bad, "invalid_type", f"{name}: " + _quote(text[bad]) + " is not a number")
+            out[name] = number.astype("float64")
+        elif spec.kind == "quantity":
+            number = parse_amounts(text)
+            not_number = present & number.isna()
+            problem(not_number, "invalid_type", f"{name}: " + _quote(text[not_number]) + " is not an integer")
+            fractional = present & number.notna() & (number != np.floor(number))
+            problem(fractional, "invalid_value", f"{name}: " + _quote(text[fractional]) + " is not a whole number")
+            negative = present & number.notna() & ~fractional & (number < 0)
+            problem(negative, "invalid_value", f"{name}: " + _quote(text[negative]) + " must be >= 0")
+            too_big = present & number.notna() & (number.abs() > _MAX_INT64)
+            problem(too_big, "invalid_value", f"{name}: " + _quote(text[too_big]) + " is too large")
+            usable = number.where(~(fractional | negative | too_big))
+            out[name] = usable.round().astype("Int64")
+        elif spec.kind == "timestamp":
+            ts = parse_timestamps(text, dayfirst=dayfirst, date_format=date_format)
+            bad = present & ts.isna()
+            problem(bad, "invalid_type", f"{name}: " + _quote(text[bad]) + " is not a valid date/time")
+            out[name] = ts
+
+    # ---- combine problems: one reject row per record, most serious type first, all messages.
+    rank = pd.Series(np.where(malformed, _RANK["malformed_payload"], len(ERROR_TYPES)), index=index)
+    messages = pd.Series([p if isinstance(p, str) else "" for p in parsed], index=index, dtype=object)
+    for mask, error_type, msgs in problems:
+        rank[mask] = np.minimum(rank[mask], _RANK[error_type])
+        joined = messages[mask].where(messages[mask] == "", messages[mask] + "; ") + msgs
+        messages[mask] = joined
+    rejected = rank < len(ERROR_TYPES)
+
+    rejects = _empty_rejects()
+    if rejected.any():
+        rejects = pd.DataFrame(
+            {
+                "source_id": raw.loc[rejected, "source_id"].astype(object),
+                "raw_data_id": raw.loc[rejected, "raw_data_id"].astype("int64"),
+                "payload": raw.loc[rejected, "payload"].astype(object),
+                "error_type": rank[rejected].map(dict(enumerate(ERROR_TYPES))).astype(object),
+                "error_message": messages[rejected].astype(object),
+            }
+        ).reset_index(drop=True)
+
+    ok = ~rejected
+    if not ok.any():
+        return MappingResult(_empty_valid(), rejects)
+
+    partition_date, partition_ts = _partition_dates(raw["partition_date"])
+    published = out["published_at"]
+    valid = pd.DataFrame(
+        {
+            "source_type": raw["source_type"].astype(object),
+            "source_name": raw["source_name"].astype(object),
+            **{name: out[name] for name in UNIFIED_FIELDS if name != "published_at"},
+            "metadata": metadata,
+            "published_at": published,
+            "partition_date": partition_date,
+            "raw_data_id": raw["raw_data_id"].astype("int64"),
+            "updated_at": published.where(published.notna(), partition_ts).astype(TS_DTYPE),
+        },
+        index=index,
+    )[list(VALID_COLUMNS)][ok]
+
+    # Latest version of an item wins; NaT sorts first so it never beats a real time.
+    valid = (
+        valid.sort_values(["updated_at", "raw_data_id"], na_position="first", kind="stable")
+        .drop_duplicates(subset=["source_type", "source_name", "external_id"], keep="last")
+        .sort_values("raw_data_id", kind="stable")
+        .reset_index(drop=True)
+    )
+    return MappingResult(valid, rejects)

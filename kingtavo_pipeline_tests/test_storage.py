@@ -1,0 +1,125 @@
+"""The storage layer against real PostgreSQL and chDB: migrations, upsert, raw landing, dead letters."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from kingtavo_pipeline.storage.bookkeeping import etl_run, land_raw, record_dead_letters, set_checkpoint, get_checkpoint
+from kingtavo_pipeline.storage.migrations import migrate_clickhouse, migrate_postgres
+from kingtavo_pipeline.storage.upsert import upsert
+
+KEY = ["source_type", "source_name", "external_id"]
+
+
+def _items(ids, titles, updated, amount=None):
+    n = len(ids)
+    return pd.DataFrame(
+        {
+            "source_type": ["csv"] * n,
+            "source_name": ["shop"] * n,
+            "external_id": ids,
+            "title": titles,
+            "amount": amount or [1.0] * n,
+            "metadata": ["{}"] * n,
+            "partition_date": [dt.date(2024, 11, 1)] * n,
+            "updated_at": pd.to_datetime(updated, utc=True),
+        }
+    )
+
+
+def test_migrations_are_recorded_and_idempotent(store, clickhouse):
+    assert migrate_postgres(store) == []
+    versions = [r[0] for r in store.fetch_all("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions and versions[0] == 1
+    assert migrate_clickhouse(clickhouse) == []
+    assert clickhouse.query("SELECT count() FROM schema_migrations FINAL").result_rows[0][0] >= 1
+
+
+def test_upsert_inserts_updates_and_never_lets_older_win(store):
+    with store.transaction() as conn:
+        first = upsert(conn, "unified_items", _items(["a", "b"], ["A1", "B1"], ["2024-11-01", "2024-11-01"]), KEY)
+    assert (first.inserted, first.updated) == (2, 0)
+
+    with store.transaction() as conn:
+        again = upsert(conn, "unified_items", _items(["a", "b"], ["A1", "B1"], ["2024-11-01", "2024-11-01"]), KEY)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
+
+    newer_and_older = _items(["a", "b"], ["A2", "B0"], ["2024-11-02", "2024-10-01"])
+    with store.transaction() as conn:
+        mixed = upsert(conn, "unified_items", newer_and_older, KEY)
+    assert (mixed.inserted, mixed.updated) == (0, 1)
+    titles = dict(store.fetch_all("SELECT external_id, title FROM unified_items"))
+    assert titles == {"a": "A2", "b": "B1"}
+
+
+def test_upsert_keeps_newest_duplicate_within_batch(store):
+    batch = _items(["a", "a", "a"], ["old", "newest", "middle"], ["2024-11-01", "2024-11-03", "2024-11-02"])
+    with store.transaction() as conn:
+        result = upsert(conn, "unified_items", batch, KEY)
+    assert result.inserted == 1
+    assert store.fetch_value("SELECT title FROM unified_items") == "newest"
+
+
+def test_failed_upsert_rolls_back(store):
+    with store.transaction() as conn:
+        upsert(conn, "unified_items", _items(["a"], ["kept"], ["2024-11-01"]), KEY)
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.transaction() as conn:
+            upsert(conn, "unified_items", _items(["a", "z"], ["lost", "lost"], ["2024-12-01", "2024-12-01"]), KEY)
+            raise RuntimeError("boom")
+    assert store.fetch_all("SELECT external_id, title FROM unified_items") == [("a", "kept")]
+
+
+def test_raw_landing_stores_identical_records_once(store):
+    raw = pd.DataFrame(
+        {"source_id": ["1", "2"], "partition_date": [dt.date(2024, 11, 1)] * 2, "payload": ['{"a": 1}', '{"b": 2}']}
+    )
+    for _ in range(2):
+        with store.transaction() as conn:
+            land_raw(conn, raw, source_type="csv", source_name="shop", entity="orders", run_id="r1")
+    changed = raw.assign(payload=['{"a": 1}', '{"b": 3}'])
+    with store.transaction() as conn:
+        result = land_raw(conn, changed, source_type="csv", source_name="shop", entity="orders", run_id="r2")
+    assert result.inserted == 1
+    assert store.fetch_value("SELECT count(*) FROM raw_data") == 3
+
+
+def test_dead_letters_count_attempts(store):
+    rejects = pd.DataFrame(
+        {"source_id": ["9"], "payload": ["not json at all"], "error_type": ["malformed_payload"], "error_message": ["x"]}
+    )
+    for _ in range(3):
+        with store.transaction() as conn:
+            record_dead_letters(
+                conn, rejects, stage="map", source_type="csv", source_name="shop", entity="orders", run_id="r"
+            )
+    rows = store.fetch_all("SELECT source_id, payload #>> '{}', attempts, status FROM dead_letters")
+    assert rows == [("9", "not json at all", 3, "open")]
+
+
+def test_etl_run_records_success_and_failure(store):
+    with etl_run(store, run_id="r1", asset_key="core/x", partition_key="2024-11-01") as counts:
+        counts.extracted, counts.loaded, counts.failed = 5, 4, 1
+    with pytest.raises(ValueError):
+        with etl_run(store, run_id="r2", asset_key="core/x", partition_key="2024-11-02"):
+            raise ValueError("bad input")
+    rows = store.fetch_all(
+        "SELECT run_id, status, records_extracted, records_loaded, records_failed, error_message FROM etl_runs ORDER BY id"
+    )
+    assert rows[0] == ("r1", "success", 5, 4, 1, None)
+    assert rows[1][:2] == ("r2", "failed") and "bad input" in rows[1][5]
+
+
+def test_checkpoint_moves_only_with_its_transaction(store):
+    with pytest.raises(RuntimeError):
+        with store.transaction() as conn:
+            set_checkpoint(conn, "csv", "shop", "orders", "2024-11-02", 10)
+            raise RuntimeError("load failed")
+    with store.transaction() as conn:
+        assert get_checkpoint(conn, "csv", "shop", "orders") is None
+        set_checkpoint(conn, "csv", "shop", "orders", "2024-11-01", 10)
+    with store.transaction() as conn:
+        assert get_checkpoint(conn, "csv", "shop", "orders") == "2024-11-01"
