@@ -8,7 +8,6 @@ problems listed).
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,6 +67,8 @@ _RANK = {name: rank for rank, name in enumerate(ERROR_TYPES)}
 
 TS_DTYPE = "datetime64[us, UTC]"
 _MAX_INT64 = 2**63 - 1
+# One encoder for all rows: json.dumps(**options) would build a new one per call.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 _URL_RE = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+[^\s]*$"
 
 
@@ -80,14 +81,17 @@ class MappingResult:
 # --------------------------------------------------------------------------------------- helpers
 
 
+def _as_string(values: pd.Series) -> pd.Series:
+    """Any JSON scalars -> pandas ``string``, stripped; None/NaN/"" -> <NA>."""
+    obj = pd.Series(values, copy=False).astype(object)
+    text = obj.where(obj.notna(), None).astype("string").str.strip()
+    return text.mask(text == "")
+
+
 def _clean_text(values: pd.Series) -> pd.Series:
-    """Any JSON scalar -> stripped ``str``; None/NaN/empty -> None (object dtype keeps None for the DB)."""
-    out = pd.Series(None, index=values.index, dtype=object)
-    present = values.notna()
-    if present.any():
-        text = values[present].astype(str).str.strip()
-        out[present] = text.where(text != "", None).astype(object)
-    return out
+    """Like :func:`_as_string` but object dtype with ``None`` for missing (what DB drivers expect)."""
+    text = _as_string(values)
+    return text.astype(object).where(text.notna(), None)
 
 
 def parse_timestamps(values: pd.Series, *, dayfirst: bool = False, date_format: str | None = None) -> pd.Series:
@@ -97,51 +101,55 @@ def parse_timestamps(values: pd.Series, *, dayfirst: bool = False, date_format: 
     which dateutil would do to "2024-11-01"), then one inferred format for the rest, and only what
     is still left goes element by element (``format="mixed"``).
     """
-    text = values.astype(object).where(values.notna(), None)
-    text = pd.Series(text, index=values.index, dtype=object).map(lambda v: v if isinstance(v, str) else (None if v is None else str(v)))
-    text = text.str.strip().where(lambda s: s != "", None) if len(text) else text
+    text = _as_string(values).astype(object)
+    text = text.where(text.notna(), None)
+    out = pd.Series(pd.NaT, index=text.index, dtype=TS_DTYPE)
+    if text.isna().all():
+        return out
     with warnings.catch_warnings():
-        # "Could not infer format..." / dayfirst hints are expected for mixed inputs.
+        # "Could not infer format..." and dayfirst hints are expected for mixed inputs.
         warnings.simplefilter("ignore", UserWarning)
         if date_format:
-            out = pd.to_datetime(text, format=date_format, errors="coerce", utc=True)
+            attempts = [{"format": date_format}]
         else:
-            out = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
-            for kwargs in ({}, {"format": "mixed"}):
-                rest = out.isna() & text.notna()
-                if not rest.any():
-                    break
-                parsed = pd.to_datetime(text[rest], errors="coerce", utc=True, dayfirst=dayfirst, **kwargs)
-                out = out.astype(TS_DTYPE)
-                out[rest] = parsed.astype(TS_DTYPE)
-    return pd.Series(out, index=values.index).astype(TS_DTYPE)
+            attempts = [{"format": "ISO8601"}, {"dayfirst": dayfirst}, {"format": "mixed", "dayfirst": dayfirst}]
+        for kwargs in attempts:
+            rest = out.isna() & text.notna()
+            if not rest.any():
+                break
+            try:
+                parsed = pd.to_datetime(text[rest], errors="coerce", utc=True, **kwargs)
+            except (ValueError, TypeError, OverflowError):  # e.g. an inferred format that cannot apply
+                continue
+            out[rest] = parsed.astype(TS_DTYPE)
+    return out
 
 
 def parse_amounts(values: pd.Series) -> pd.Series:
-    """Money strings -> float64 (NaN when unparseable). Both "1,234.50" and "1.234,50"/"1234,50" work.
+    """Money strings -> float64 (NaN when unparseable or not finite).
 
-    The separator that comes last is the decimal one; a lone comma is decimal too, except in
-    "1,234"-shaped values (1-3 digits, comma, exactly three digits), read as a thousands group.
+    Accepts "1234.50", "1,234.50", "1234,50", "1.234,50", "€ 19,90". The separator that comes last
+    is the decimal one; a lone comma is decimal too, except in "1,234"-shaped values (1-3 digits,
+    comma, exactly three digits), read as a US thousands group. Several dots with no comma
+    ("1.234.567") are thousands groups.
     """
-    s = pd.Series(values, dtype=object).map(lambda v: v if isinstance(v, str) else (None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)))
-    s = s.astype("string").str.replace(r"[\s\u00a0\u202f'’_]", "", regex=True)
-    # Currency marks around the number ("€19,90", "$12", "12.50 EUR") are not part of the value.
-    s = s.str.replace(r"^[€$£¥]|[€$£¥]$|^(EUR|USD|GBP)|(EUR|USD|GBP)$", "", regex=True, case=False)
-    has_comma = s.str.contains(",", regex=False).fillna(False)
-    has_dot = s.str.contains(".", regex=False).fillna(False)
-    comma_last = s.str.rfind(",") > s.str.rfind(".")
-    us_thousands = s.str.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?").fillna(False)
-    eu_thousands = s.str.fullmatch(r"[+-]?\d{1,3}(\.\d{3})+(,\d+)?").fillna(False)
-    single_comma = (s.str.count(",") == 1).fillna(False)
-
-    # Decimal comma: comma after the last dot, or a lone comma not shaped like a US thousands group.
-    decimal_comma = has_comma & ((has_dot & comma_last.fillna(False)) | (~has_dot & single_comma & ~us_thousands))
-    decimal_comma |= eu_thousands & has_dot & ~(~has_comma & (s.str.count(r"\.") == 1).fillna(False))
-    out = s.copy()
-    out[decimal_comma] = s[decimal_comma].str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
-    other = ~decimal_comma
-    out[other] = s[other].str.replace(",", "", regex=False)
-    number = pd.to_numeric(out, errors="coerce").astype("float64")
+    text = _as_string(values)
+    number = pd.to_numeric(text, errors="coerce").astype("float64")
+    todo = text.notna() & number.isna()  # fast path: plain numbers need no separator handling
+    if not todo.any():
+        return number.where(np.isfinite(number))
+    s = text[todo].str.replace(r"[\s\u00a0\u202f'’_]", "", regex=True)
+    s = s.str.replace(r"(?i)^(?:[€$£¥]|EUR|USD|GBP)|(?:[€$£¥]|EUR|USD|GBP)$", "", regex=True)
+    commas = s.str.count(",").fillna(0)
+    dots = s.str.count(r"\.").fillna(0)
+    comma_last = (s.str.rfind(",") > s.str.rfind(".")).fillna(False)
+    us_group = s.str.fullmatch(r"[+-]?\d{1,3}(?:,\d{3})+").fillna(False)
+    decimal_comma = ((commas > 0) & (dots > 0) & comma_last) | ((commas == 1) & (dots == 0) & ~us_group)
+    dot_groups = (commas == 0) & (dots > 1)
+    normal = s.str.replace(",", "", regex=False)
+    normal = normal.mask(decimal_comma, s.str.replace(".", "", regex=False).str.replace(",", ".", regex=False))
+    normal = normal.mask(dot_groups, s.str.replace(".", "", regex=False))
+    number[todo] = pd.to_numeric(normal, errors="coerce").astype("float64")
     return number.where(np.isfinite(number))
 
 
@@ -235,7 +243,7 @@ def map_to_unified(
 
     raw = raw.reset_index(drop=True)
     index = raw.index
-    parsed = [_parse_payload(p) for p in raw["payload"]]
+    parsed = [_parse_payload(p) for p in raw["payload"].tolist()]
     malformed = pd.Series([not isinstance(p, dict) for p in parsed], index=index)
     dicts = [p if isinstance(p, dict) else {} for p in parsed]
 
@@ -244,7 +252,7 @@ def map_to_unified(
     cols = pd.DataFrame.from_records(dicts, columns=mapped_keys, index=index) if mapped_keys else pd.DataFrame(index=index)
     mapped_set = set(mapped_keys)
     metadata = pd.Series(
-        [json.dumps({k: v for k, v in d.items() if k not in mapped_set}, ensure_ascii=False, separators=(",", ":")) for d in dicts],
+        [_dumps({k: v for k, v in d.items() if k not in mapped_set}) for d in dicts],
         index=index,
         dtype=object,
     )
@@ -255,14 +263,15 @@ def map_to_unified(
             return pd.Series(None, index=index, dtype=object)
         return cols[key]
 
-    problems: list[tuple[pd.Series, str, pd.Series]] = []  # (mask, error_type, messages)
+    problems: list[tuple[pd.Index, str, pd.Series]] = []  # (rows, error_type, message per row)
 
     def problem(mask: pd.Series, error_type: str, messages: pd.Series | str) -> None:
-        mask = mask.fillna(False).astype(bool) & ~malformed
-        if mask.any():
+        # Malformed payloads get their own single message, not a cascade of "missing" ones.
+        rows = index[mask.fillna(False).astype(bool) & ~malformed]
+        if len(rows):
             if isinstance(messages, str):
-                messages = pd.Series(messages, index=index[mask], dtype=object)
-            problems.append((mask, error_type, messages[mask] if len(messages) == len(index) else messages))
+                messages = pd.Series(messages, index=rows, dtype=object)
+            problems.append((rows, error_type, messages.loc[rows].astype(object)))
 
     out: dict[str, pd.Series] = {}
     for name, spec in UNIFIED_FIELDS.items():
@@ -294,7 +303,7 @@ def map_to_unified(
             problem(fractional, "invalid_value", f"{name}: " + _quote(text[fractional]) + " is not a whole number")
             negative = present & number.notna() & ~fractional & (number < 0)
             problem(negative, "invalid_value", f"{name}: " + _quote(text[negative]) + " must be >= 0")
-            too_big = present & number.notna() & (number.abs() > _MAX_INT64)
+            too_big = present & number.notna() & (number > _MAX_INT64)
             problem(too_big, "invalid_value", f"{name}: " + _quote(text[too_big]) + " is too large")
             usable = number.where(~(fractional | negative | too_big))
             out[name] = usable.round().astype("Int64")
@@ -304,20 +313,20 @@ def map_to_unified(
             problem(bad, "invalid_type", f"{name}: " + _quote(text[bad]) + " is not a valid date/time")
             out[name] = ts
 
-    # ---- combine problems: one reject row per record, most serious type first, all messages.
+    # ---- combine problems: one reject row per record, most serious type, all messages in field order.
     rank = pd.Series(np.where(malformed, _RANK["malformed_payload"], len(ERROR_TYPES)), index=index)
     messages = pd.Series([p if isinstance(p, str) else "" for p in parsed], index=index, dtype=object)
-    for mask, error_type, msgs in problems:
-        rank[mask] = np.minimum(rank[mask], _RANK[error_type])
-        joined = messages[mask].where(messages[mask] == "", messages[mask] + "; ") + msgs
-        messages[mask] = joined
+    for rows, error_type, msgs in problems:
+        rank.loc[rows] = np.minimum(rank.loc[rows], _RANK[error_type])
+        current = messages.loc[rows]
+        messages.loc[rows] = (current + "; ").where(current != "", "") + msgs
     rejected = rank < len(ERROR_TYPES)
 
     rejects = _empty_rejects()
     if rejected.any():
         rejects = pd.DataFrame(
             {
-                "source_id": raw.loc[rejected, "source_id"].astype(object),
+                "source_id": raw.loc[rejected, "source_id"].astype(object).where(raw.loc[rejected, "source_id"].notna(), ""),
                 "raw_data_id": raw.loc[rejected, "raw_data_id"].astype("int64"),
                 "payload": raw.loc[rejected, "payload"].astype(object),
                 "error_type": rank[rejected].map(dict(enumerate(ERROR_TYPES))).astype(object),

@@ -1,0 +1,2 @@
+-- Dagster's own run/event storage lives beside the operational store in a database of its own.
+CREATE DATABASE dagster OWNER kingtavo;

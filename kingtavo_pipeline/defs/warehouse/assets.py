@@ -1,0 +1,58 @@
+"""``warehouse/unified_items``: the core partition copied to ClickHouse by partition replace."""
+
+import json
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+
+from kingtavo_pipeline.defs.ingest.assets import OWNER
+from kingtavo_pipeline.defs.partitions import daily_partitions, single_run_backfill
+from kingtavo_pipeline.storage.clickhouse import CLICKHOUSE_POOL
+
+WAREHOUSE_SCHEMA = pa.schema(
+    [
+        ("source_type", pa.string()),
+        ("source_name", pa.string()),
+        ("external_id", pa.string()),
+        ("title", pa.string()),
+        ("description", pa.string()),
+        ("category", pa.string()),
+        ("url", pa.string()),
+        ("amount", pa.decimal128(18, 4)),
+        ("quantity", pa.int64()),
+        ("metadata", pa.string()),
+        ("published_at", pa.timestamp("us", "UTC")),
+        ("partition_date", pa.date32()),
+        ("raw_data_id", pa.int64()),
+        ("updated_at", pa.timestamp("us", "UTC")),
+    ]
+)
+
+
+def to_warehouse_rows(core: pd.DataFrame) -> pa.Table:
+    """Core rows in the warehouse's column types (JSON as text, money as Decimal(18,4))."""
+    frame = core.copy()
+    frame["metadata"] = frame["metadata"].map(
+        lambda v: v if isinstance(v, str) or v is None else json.dumps(v)
+    )
+    return pa.Table.from_pandas(frame[WAREHOUSE_SCHEMA.names], schema=WAREHOUSE_SCHEMA, preserve_index=False)
+
+
+@dg.asset(
+    key=["warehouse", "unified_items"],
+    description="ClickHouse unified_items (ReplacingMergeTree, PARTITION BY partition_date); each run "
+    "replaces its day partitions atomically from a stage table.",
+    ins={"core_unified_items": dg.AssetIn(key=["core", "unified_items"])},
+    group_name="warehouse",
+    kinds={"clickhouse", "pyarrow"},
+    owners=[OWNER],
+    partitions_def=daily_partitions,
+    backfill_policy=single_run_backfill,
+    io_manager_key="clickhouse_io_manager",
+    pool=CLICKHOUSE_POOL,
+    metadata={"partition_expr": "partition_date", "order_by": ["source_type", "source_name", "external_id"]},
+    tags={"layer": "warehouse"},
+)
+def warehouse_unified_items(core_unified_items: pd.DataFrame) -> pa.Table:
+    return to_warehouse_rows(core_unified_items)

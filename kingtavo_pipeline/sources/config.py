@@ -1,0 +1,238 @@
+"""The sources YAML file: which CSV files and RSS/Atom feeds to ingest, validated by pydantic.
+
+Relative paths in the file are resolved against the YAML file's folder at load time, so the
+models always hold absolute paths (or http(s) URLs for feeds).
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from ..transform.unified import UNIFIED_FIELDS
+
+SOURCES_FILE_ENV = "KINGTAVO_SOURCES_FILE"
+NAME_PATTERN = r"^[a-z0-9_]+$"
+DELIMITERS = {",", ";", "\t", "|"}
+_DELIMITER_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+
+# Used when an rss source has no ``fields``: unified field -> key of the normalised entry payload.
+DEFAULT_FEED_FIELDS: dict[str, str] = {
+    "external_id": "id",
+    "title": "title",
+    "description": "summary",
+    "url": "link",
+    "category": "tags",
+    "published_at": "published",
+}
+
+
+def _is_url(value: str) -> bool:
+    return value.lower().startswith(("http://", "https://"))
+
+
+def _resolve(value: str, info: ValidationInfo) -> str:
+    """Relative -> absolute against ``context["base_dir"]`` (the YAML folder), else the cwd."""
+    base = Path((info.context or {}).get("base_dir") or Path.cwd())
+    path = Path(os.path.expanduser(value))
+    return str(path if path.is_absolute() else (base / path).absolute())
+
+
+def _check_fields(fields: dict[str, str] | None) -> dict[str, str] | None:
+    if fields is None:
+        return None
+    unknown = [k for k in fields if k not in UNIFIED_FIELDS]
+    if unknown:
+        raise ValueError(f"unknown unified field(s) {unknown}; allowed: {', '.join(UNIFIED_FIELDS)}")
+    empty = [k for k, v in fields.items() if not str(v).strip()]
+    if empty:
+        raise ValueError(f"field(s) {empty} map to an empty column name")
+    return {k: str(v).strip() for k, v in fields.items()}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CsvSource(_Model):
+    """One CSV source: a file, a folder (every ``*.csv`` inside) or a glob."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    path: str
+    entity: str = "items"
+    id_column: str | None = None
+    date_column: str | None = None
+    date_format: str | None = None
+    dayfirst: bool = False
+    encoding: str = "auto"
+    delimiter: str = "auto"
+    fields: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def source_type(self) -> str:
+        return "csv"
+
+    @property
+    def field_map(self) -> dict[str, str]:
+        """Unified field -> payload key, as :func:`map_to_unified` wants it."""
+        return dict(self.fields)
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise ValueError("path is empty")
+        return _resolve(value.strip(), info)
+
+    @field_validator("encoding")
+    @classmethod
+    def _check_encoding(cls, value: str) -> str:
+        if value.lower() == "auto":
+            return "auto"
+        try:
+            return codecs.lookup(value).name
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+
+    @field_validator("delimiter")
+    @classmethod
+    def _check_delimiter(cls, value: str) -> str:
+        if value != "\t":  # aliases also cover a single-quoted YAML '\t' (backslash + t)
+            value = _DELIMITER_ALIASES.get(value.strip().lower(), value)
+        if value.lower() == "auto":
+            return "auto"
+        if value not in DELIMITERS:
+            raise ValueError(f"delimiter must be 'auto' or one of {sorted(DELIMITERS)!r}, got {value!r}")
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _check_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_fields(value) or {}
+
+    def files(self) -> list[Path]:
+        """The matched files, sorted. A glob matching nothing gives []; a missing plain path raises."""
+        path = Path(self.path)
+        if glob.has_magic(self.path):
+            return sorted(Path(p) for p in glob.glob(self.path, recursive=True) if Path(p).is_file())
+        if path.is_dir():
+            return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
+        if path.is_file():
+            return [path]
+        raise FileNotFoundError(f"csv source {self.name!r}: no such file or folder: {self.path}")
+
+
+class RssSource(_Model):
+    """One RSS 2.0 / Atom feed: a local file or an http(s) URL."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    url: str
+    entity: str = "items"
+    fields: dict[str, str] | None = None
+
+    @property
+    def source_type(self) -> str:
+        return "rss"
+
+    @property
+    def is_remote(self) -> bool:
+        return _is_url(self.url)
+
+    @property
+    def field_map(self) -> dict[str, str]:
+        """The configured mapping, or :data:`DEFAULT_FEED_FIELDS`."""
+        return dict(self.fields) if self.fields is not None else dict(DEFAULT_FEED_FIELDS)
+
+    @field_validator("url")
+    @classmethod
+    def _resolve_url(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("url is empty")
+        if _is_url(value):
+            return value
+        if "://" in value:
+            raise ValueError(f"only http(s) URLs or file paths are supported, got {value!r}")
+        return _resolve(value, info)
+
+    @field_validator("fields")
+    @classmethod
+    def _check_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_fields(value)
+
+
+class SourcesConfig(_Model):
+    csv: list[CsvSource] = Field(default_factory=list)
+    rss: list[RssSource] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SourcesConfig:
+        seen: set[str] = set()
+        dupes: list[str] = []
+        for source in self.all():
+            if source.name in seen:
+                dupes.append(source.name)
+            seen.add(source.name)
+        if dupes:
+            raise ValueError(f"duplicate source name(s) {sorted(set(dupes))}; names must be unique across csv and rss")
+        return self
+
+    def all(self) -> list[CsvSource | RssSource]:
+        return [*self.csv, *self.rss]
+
+    def get(self, name: str) -> CsvSource | RssSource:
+        for source in self.all():
+            if source.name == name:
+                return source
+        raise KeyError(f"no source named {name!r}")
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc or '<root>'}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_sources(data: Any, base_dir: str | Path, origin: str = "<sources>") -> SourcesConfig:
+    """Validate already-loaded YAML data; relative paths resolve against ``base_dir``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"sources file {origin}: expected a mapping with 'csv' and/or 'rss' lists, got {type(data).__name__}")
+    try:
+        return SourcesConfig.model_validate(data, context={"base_dir": Path(base_dir)})
+    except ValidationError as exc:
+        raise ValueError(f"sources file {origin} is invalid: {_format_errors(exc)}") from None
+
+
+def load_sources(path: str | Path) -> SourcesConfig:
+    """Read and validate a sources YAML file; any problem is a ``ValueError`` naming the file."""
+    path = Path(path).expanduser().absolute()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"sources file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"sources file {path} cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"sources file {path} is not valid YAML: {exc}") from None
+    return parse_sources(data, path.parent, origin=str(path))
+
+
+def default_sources_path() -> Path:
+    """``$KINGTAVO_SOURCES_FILE`` if set, else the packaged ``kingtavo_pipeline/sources.yaml``."""
+    override = os.environ.get(SOURCES_FILE_ENV, "").strip()
+    if override:
+        return Path(override).expanduser().absolute()
+    return Path(__file__).resolve().parent.parent / "sources.yaml"
