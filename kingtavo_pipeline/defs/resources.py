@@ -43,7 +43,6 @@ class ClickHouseResource(dg.ConfigurableResource):
             yield client
 
 
-@dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
         resources={

@@ -13,3 +13,7 @@ unified_items_job = dg.define_asset_job(
 )
 
 unified_items_daily = dg.build_schedule_from_partitioned_job(unified_items_job, hour_of_day=1, minute_of_hour=15)
+
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(jobs=[unified_items_job], schedules=[unified_items_daily])

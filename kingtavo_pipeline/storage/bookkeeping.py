@@ -50,11 +50,16 @@ def etl_run(store: PostgresStore, *, run_id: str, asset_key: str, partition_key:
     try:
         yield counts
     except BaseException as exc:
+        if isinstance(exc, GeneratorExit):
+            # A generator asset closed at its yield: the IO manager failed to store the output.
+            message = "the output was not stored (the IO manager's write failed; see the Dagster run log)"
+        else:
+            message = f"{type(exc).__name__}: {exc}"[:4000]
         with store.transaction() as conn:
             conn.execute(
                 """UPDATE etl_runs SET status = 'failed', finished_at = now(), records_extracted = %s,
                        records_loaded = 0, records_failed = %s, error_message = %s WHERE id = %s""",
-                (counts.extracted, counts.failed, f"{type(exc).__name__}: {exc}"[:4000], row_id),
+                (counts.extracted, counts.failed, message, row_id),
             )
         raise
     with store.transaction() as conn:

@@ -34,7 +34,6 @@ def connect_clickhouse(dsn: str, database: str) -> Client:
     """A client on ``database`` (created if missing). Caller closes it."""
     path = _chdb_path(dsn)
     if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
         where = f"the chDB data path {path}"
         hint = (
             "chDB opens a path from one process at a time: another process may hold it "
@@ -44,6 +43,8 @@ def connect_clickhouse(dsn: str, database: str) -> Client:
         where = f"ClickHouse at {redact_url(dsn)}"
         hint = "check KINGTAVO_CLICKHOUSE_URL and the server's log"
     try:
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
         client = clickhouse_connect.get_client(dsn=dsn)
         client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
         client.database = database

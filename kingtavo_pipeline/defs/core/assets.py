@@ -97,3 +97,7 @@ def core_unified_items(context: dg.AssetExecutionContext, postgres: PostgresReso
         }
     )
     yield keys_check_result(store, start, end)
+
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(assets=[core_unified_items])

@@ -110,6 +110,5 @@ SOURCES = configured_sources()
 raw_assets = build_raw_assets(SOURCES)
 
 
-@dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(assets=raw_assets)

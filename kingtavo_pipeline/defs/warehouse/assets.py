@@ -8,6 +8,9 @@ import pyarrow as pa
 
 from kingtavo_pipeline.defs.ingest.assets import OWNER
 from kingtavo_pipeline.defs.partitions import daily_partitions, single_run_backfill
+from kingtavo_pipeline.defs.resources import PostgresResource
+from kingtavo_pipeline.defs.runs import partition_label
+from kingtavo_pipeline.storage.bookkeeping import etl_run
 from kingtavo_pipeline.storage.clickhouse import CLICKHOUSE_POOL
 
 WAREHOUSE_SCHEMA = pa.schema(
@@ -54,5 +57,20 @@ def to_warehouse_rows(core: pd.DataFrame) -> pa.Table:
     metadata={"partition_expr": "partition_date", "order_by": ["source_type", "source_name", "external_id"]},
     tags={"layer": "warehouse"},
 )
-def warehouse_unified_items(core_unified_items: pd.DataFrame) -> pa.Table:
-    return to_warehouse_rows(core_unified_items)
+def warehouse_unified_items(
+    context: dg.AssetExecutionContext, core_unified_items: pd.DataFrame, postgres: PostgresResource
+):
+    with etl_run(postgres.store(), run_id=context.run_id, asset_key="warehouse/unified_items",
+                 partition_key=partition_label(context)) as counts:
+        rows = to_warehouse_rows(core_unified_items)
+        counts.extracted = len(core_unified_items)
+        # Dagster hands the output to the ClickHouse IO manager at this yield; a failed write
+        # never comes back here, and etl_run records the run as failed.
+        yield dg.Output(rows)
+        counts.loaded = rows.num_rows
+
+
+def defs() -> dg.Definitions:
+    from kingtavo_pipeline.defs.warehouse.checks import row_count_matches_core
+
+    return dg.Definitions(assets=[warehouse_unified_items], asset_checks=[row_count_matches_core])

@@ -1,11 +1,15 @@
 """Checks on the warehouse: it must hold exactly what the operational store holds."""
 
+from datetime import date
+
 import dagster as dg
+from clickhouse_connect.driver.client import Client
 
 from kingtavo_pipeline.defs.partitions import daily_partitions
 from kingtavo_pipeline.defs.resources import ClickHouseResource, PostgresResource
 from kingtavo_pipeline.defs.runs import utc_window
 from kingtavo_pipeline.storage.clickhouse import CLICKHOUSE_POOL
+from kingtavo_pipeline.storage.postgres import PostgresStore
 
 ROW_COUNT_CHECK = "row_count_matches_core"
 
@@ -22,14 +26,19 @@ def row_count_matches_core(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource, clickhouse: ClickHouseResource
 ) -> dg.AssetCheckResult:
     start, end = utc_window(context)
-    core_rows = postgres.store().fetch_value(
-        "SELECT count(*) FROM unified_items WHERE partition_date >= %s AND partition_date < %s", (start.date(), end.date())
-    )
     with clickhouse.open() as client:
-        warehouse_rows = client.query(
-            "SELECT count() FROM unified_items FINAL WHERE partition_date >= {start:Date} AND partition_date < {end:Date}",
-            parameters={"start": start.date(), "end": end.date()},
-        ).result_rows[0][0]
+        return compare_row_counts(postgres.store(), client, start.date(), end.date())
+
+
+def compare_row_counts(store: PostgresStore, client: Client, start: date, end: date) -> dg.AssetCheckResult:
+    """Rows of unified_items with partition_date in [start, end) in both stores."""
+    core_rows = store.fetch_value(
+        "SELECT count(*) FROM unified_items WHERE partition_date >= %s AND partition_date < %s", (start, end)
+    )
+    warehouse_rows = client.query(
+        "SELECT count() FROM unified_items FINAL WHERE partition_date >= {start:Date} AND partition_date < {end:Date}",
+        parameters={"start": start, "end": end},
+    ).result_rows[0][0]
     return dg.AssetCheckResult(
         passed=bool(core_rows == warehouse_rows),
         severity=dg.AssetCheckSeverity.ERROR,

@@ -1,0 +1,106 @@
+"""The `kingtavo` command and the Dagster CLI as a newcomer and CI use them, in real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from kingtavo_pipeline.storage.clickhouse import connect_clickhouse
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KINGTAVO_", "DAGSTER_"))}
+    env.update(extra)
+    return env
+
+
+def test_demo_runs_on_fully_embedded_defaults(tmp_path):
+    """README's first command, minus the install: no URLs set, everything starts under .kingtavo/."""
+    out = subprocess.run(
+        [str(BIN / "kingtavo"), "demo"], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    assert re.search(r"unified_items\s+64\b", text), text
+    assert re.search(r"raw_data\s+66\b", text), text
+    assert "2024-11-01: 22, 2024-11-02: 22, 2024-11-03: 20" in text
+    assert "PASS  core/unified_items keys_present_and_unique" in text
+    assert "PASS  warehouse/unified_items row_count_matches_core" in text
+    assert "invalid_type" in text and "invalid_value" in text
+    assert "dagster dev" in text
+    home = tmp_path / ".kingtavo"
+    assert (home / "postgres" / "PG_VERSION").exists()
+    assert (home / "clickhouse").is_dir()
+    assert (home / "dagster" / "dagster.yaml").exists()
+
+
+def test_db_migrate_is_idempotent(postgres_url, tmp_path):
+    env = _clean_env(KINGTAVO_POSTGRES_URL=postgres_url, KINGTAVO_HOME=str(tmp_path))
+    first = subprocess.run([str(BIN / "kingtavo"), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "ClickHouse" in first.stdout and "0001_unified_items" in first.stdout
+    second = subprocess.run([str(BIN / "kingtavo"), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("up to date") == 2
+
+
+def test_unreachable_store_is_one_line_error(tmp_path):
+    env = _clean_env(KINGTAVO_POSTGRES_URL="postgresql://u:pw@127.0.0.1:1/x", KINGTAVO_HOME=str(tmp_path))
+    out = subprocess.run([str(BIN / "kingtavo"), "db", "migrate"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "cannot reach PostgreSQL at postgresql://u:***@127.0.0.1:1/x" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_two_runs_started_together_both_succeed(store, postgres_url, tmp_path):
+    """Two `dagster asset materialize` runs on one chDB path: the clickhouse pool queues, nothing crashes."""
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    chdb_path = tmp_path / "clickhouse"
+    env = _clean_env(
+        KINGTAVO_POSTGRES_URL=postgres_url,
+        KINGTAVO_CLICKHOUSE_URL=f"chdb://{chdb_path}",
+        KINGTAVO_HOME=str(tmp_path / "home"),
+        DAGSTER_HOME=str(dagster_home),
+    )
+    # Create the instance's storage once, as a deployment does before it runs anything.
+    with dg.DagsterInstance.from_config(str(dagster_home)):
+        pass
+    outputs: dict[str, subprocess.CompletedProcess] = {}
+
+    def materialize(day: str) -> None:
+        outputs[day] = subprocess.run(
+            [str(BIN / "dagster"), "asset", "materialize", "-m", "kingtavo_pipeline.definitions",
+             "--select", "*", "--partition", day,
+             "--config-json", '{"execution": {"config": {"in_process": {}}}}'],
+            env=env, capture_output=True, text=True, timeout=900,
+        )
+
+    threads = [threading.Thread(target=materialize, args=(day,)) for day in ("2024-11-01", "2024-11-02")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for day, out in outputs.items():
+        assert out.returncode == 0, f"{day}:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    client = connect_clickhouse(f"chdb://{chdb_path}", "kingtavo")
+    try:
+        per_day = dict(client.query("SELECT toString(partition_date), count() FROM unified_items FINAL GROUP BY 1").result_rows)
+    finally:
+        client.close()
+    assert per_day == {"2024-11-01": 22, "2024-11-02": 22}
+    assert store.fetch_value("SELECT count(*) FROM unified_items") == 44

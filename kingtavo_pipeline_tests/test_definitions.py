@@ -1,0 +1,55 @@
+"""The code location loads, is declarative, and importing it touches no store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dagster as dg
+
+from kingtavo_pipeline.definitions import defs as load_definitions
+
+
+def test_every_asset_is_described_owned_grouped_and_partitioned():
+    definitions = load_definitions()
+    graph = definitions.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"core/unified_items", "warehouse/unified_items", "raw/csv/shop_orders", "raw/rss/tech_news"} <= keys
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.group_name and node.group_name != "default", key
+        assert node.owners, key
+        assert node.kinds, key
+        assert node.partitions_def is not None, key
+        assert "partition_expr" in node.metadata, key
+    checks = {k.name for k in graph.asset_check_keys}
+    assert {"keys_present_and_unique", "row_count_matches_core"} <= checks
+    assert definitions.resolve_job_def("unified_items_job") is not None
+    assert [s.name for s in definitions.schedules] == ["unified_items_job_schedule"]
+
+
+def test_warehouse_steps_are_in_the_clickhouse_pool():
+    graph = load_definitions().resolve_asset_graph()
+    warehouse = graph.assets_def_for_key(dg.AssetKey(["warehouse", "unified_items"]))
+    assert {op.pool for op in warehouse.node_def.iterate_op_defs()} == {"clickhouse"}
+
+
+def test_import_opens_no_connection_and_starts_no_server(tmp_path):
+    """With no URLs set, importing the definitions must not start the embedded server or create chDB files."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KINGTAVO_")}
+    env["KINGTAVO_HOME"] = str(tmp_path / "home")
+    code = "import kingtavo_pipeline.definitions as d; d.defs(); print('loaded')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "loaded" in out.stdout
+    assert not (tmp_path / "home").exists()
+
+
+def test_dagster_definitions_validate_passes():
+    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+    out = subprocess.run(
+        [dagster, "definitions", "validate", "-m", "kingtavo_pipeline.definitions"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

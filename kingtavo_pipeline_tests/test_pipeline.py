@@ -1,0 +1,123 @@
+"""The CSV/RSS graph end to end through real Dagster runs, PostgreSQL and chDB."""
+
+from __future__ import annotations
+
+import datetime as dt
+import textwrap
+
+import dagster as dg
+import pytest
+
+import kingtavo_pipeline.defs.core.assets as core_assets
+from kingtavo_pipeline.defs.ingest.assets import build_raw_assets
+from kingtavo_pipeline.defs.resources import PostgresResource
+from kingtavo_pipeline.defs.warehouse.checks import compare_row_counts
+from kingtavo_pipeline.sources.config import load_sources
+from kingtavo_pipeline_tests.pipeline_helpers import run_unified_job, table_counts
+
+pytestmark = pytest.mark.slow
+
+# The packaged samples: 25 + 12 + 15 CSV rows and 8 + 6 feed entries over 2024-11-01..03;
+# two shop orders are deliberately invalid (amount 'n/a', quantity -3).
+SAMPLE_RAW_ROWS = 25 + 12 + 15 + 8 + 6
+SAMPLE_BAD_ROWS = 2
+
+
+def test_sample_graph_loads_everything_once(store, clickhouse):
+    result = run_unified_job()
+    assert result.success
+    counts = table_counts(store, clickhouse)
+    assert counts == {
+        "raw_data": SAMPLE_RAW_ROWS,
+        "unified_items": SAMPLE_RAW_ROWS - SAMPLE_BAD_ROWS,
+        "dead_letters": SAMPLE_BAD_ROWS,
+        "warehouse_unified_items": SAMPLE_RAW_ROWS - SAMPLE_BAD_ROWS,
+    }
+    # per day, PostgreSQL and ClickHouse agree
+    core_days = dict(store.fetch_all("SELECT partition_date, count(*) FROM unified_items GROUP BY 1"))
+    wh_days = dict(clickhouse.query("SELECT partition_date, count() FROM unified_items FINAL GROUP BY 1").result_rows)
+    assert core_days == wh_days and set(core_days) == {dt.date(2024, 11, d) for d in (1, 2, 3)}
+
+    dead = store.fetch_all("SELECT source_id, stage, error_type, error_message FROM dead_letters ORDER BY source_id")
+    assert [(d[0], d[1], d[2]) for d in dead] == [
+        ("ORD-1006", "map", "invalid_type"),
+        ("ORD-1019", "map", "invalid_value"),
+    ]
+    assert "amount" in dead[0][3] and "quantity" in dead[1][3]
+
+    runs = store.fetch_all("SELECT asset_key, status, records_loaded, records_failed FROM etl_runs ORDER BY asset_key")
+    assert len(runs) == 7 and all(r[1] == "success" for r in runs)
+    assert ("core/unified_items", "success", SAMPLE_RAW_ROWS - SAMPLE_BAD_ROWS, SAMPLE_BAD_ROWS) in runs
+    assert store.fetch_value("SELECT count(*) FROM raw_data WHERE processed_at IS NULL") == 0
+
+    evaluations = {(e.asset_check_key.name, e.passed) for e in result.get_asset_check_evaluations()}
+    assert evaluations == {("keys_present_and_unique", True), ("row_count_matches_core", True)}
+
+
+def test_rerunning_partitions_is_idempotent(store, clickhouse):
+    run_unified_job()
+    first = table_counts(store, clickhouse)
+    run_unified_job()
+    assert table_counts(store, clickhouse) == first
+    # the same bad records failing again are counted as attempts, not new rows
+    assert store.fetch_all("SELECT DISTINCT attempts FROM dead_letters") == [(2,)]
+    run_unified_job("2024-11-02", "2024-11-02")
+    assert table_counts(store, clickhouse) == first
+
+
+def test_failed_core_load_rolls_back_everything(store, clickhouse, monkeypatch):
+    def broken_dead_letters(*args, **kwargs):
+        raise RuntimeError("dead-letter write failed")
+
+    monkeypatch.setattr(core_assets, "record_dead_letters", broken_dead_letters)
+    result = run_unified_job(raise_on_error=False)
+    assert not result.success
+    # raw landed, but the core transaction (upsert + dead letters + processed_at) left no trace
+    assert store.fetch_value("SELECT count(*) FROM raw_data") == SAMPLE_RAW_ROWS
+    assert store.fetch_value("SELECT count(*) FROM unified_items") == 0
+    assert store.fetch_value("SELECT count(*) FROM raw_data WHERE processed_at IS NOT NULL") == 0
+    status, error = store.fetch_all("SELECT status, error_message FROM etl_runs WHERE asset_key = 'core/unified_items'")[0]
+    assert status == "failed" and "dead-letter write failed" in error
+    # and the warehouse never ran
+    assert clickhouse.query("SELECT count() FROM unified_items").result_rows[0][0] == 0
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "warehouse/unified_items" not in materialized
+
+
+def test_undated_and_out_of_window_rows(store, tmp_path):
+    """Rows without a usable date go to dead_letters; rows of other days wait for their partition."""
+    (tmp_path / "orders.csv").write_text(
+        textwrap.dedent(
+            """\
+            id,day,name
+            1,2024-11-01,alpha
+            2,not a date,beta
+            3,2024-11-02,gamma
+            4,,delta
+            """
+        )
+    )
+    (tmp_path / "sources.yaml").write_text(
+        "csv:\n  - name: orders\n    path: orders.csv\n    id_column: id\n    date_column: day\n"
+        "    fields: {external_id: id, title: name}\n"
+    )
+    [asset] = build_raw_assets(load_sources(tmp_path / "sources.yaml"))
+    result = dg.materialize([asset], partition_key="2024-11-01", resources={"postgres": PostgresResource()})
+    assert result.success
+    assert store.fetch_all("SELECT source_id, partition_date FROM raw_data") == [("1", dt.date(2024, 11, 1))]
+    dead = store.fetch_all("SELECT source_id, stage, error_type FROM dead_letters ORDER BY source_id")
+    assert dead == [("2", "extract", "missing_partition_date"), ("4", "extract", "missing_partition_date")]
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["records_read"].value == 4
+    assert metadata["dagster/partition_row_count"].value == 1
+    assert metadata["dead_letters"].value == 2
+
+
+def test_row_count_check_fails_when_stores_disagree(store, clickhouse):
+    run_unified_job()
+    store.fetch_all("DELETE FROM unified_items WHERE external_id = (SELECT min(external_id) FROM unified_items "
+                    "WHERE partition_date = '2024-11-02') RETURNING id")
+    result = compare_row_counts(store, clickhouse, dt.date(2024, 11, 2), dt.date(2024, 11, 3))
+    assert result.passed is False
+    assert result.metadata["difference"].value == 1
+    assert compare_row_counts(store, clickhouse, dt.date(2024, 11, 1), dt.date(2024, 11, 2)).passed is True
