@@ -85,7 +85,7 @@ def test_failed_core_load_rolls_back_everything(store, clickhouse, monkeypatch):
 
 
 def test_undated_and_out_of_window_rows(store, tmp_path):
-    """Rows without a usable date go to dead_letters; rows of other days wait for their partition."""
+    """Malformed rows and rows without a usable date go to dead_letters; rows of other days wait."""
     (tmp_path / "orders.csv").write_text(
         textwrap.dedent(
             """\
@@ -94,6 +94,7 @@ def test_undated_and_out_of_window_rows(store, tmp_path):
             2,not a date,beta
             3,2024-11-02,gamma
             4,,delta
+            5,2024-11-01,eps,,extra
             """
         )
     )
@@ -105,12 +106,20 @@ def test_undated_and_out_of_window_rows(store, tmp_path):
     result = dg.materialize([asset], partition_key="2024-11-01", resources={"postgres": PostgresResource()})
     assert result.success
     assert store.fetch_all("SELECT source_id, partition_date FROM raw_data") == [("1", dt.date(2024, 11, 1))]
-    dead = store.fetch_all("SELECT source_id, stage, error_type FROM dead_letters ORDER BY source_id")
-    assert dead == [("2", "extract", "missing_partition_date"), ("4", "extract", "missing_partition_date")]
+    dead = store.fetch_all(
+        "SELECT source_id, stage, error_type, error_message, payload->>'_raw' FROM dead_letters ORDER BY source_id"
+    )
+    assert [d[:3] for d in dead] == [
+        ("2", "extract", "missing_partition_date"),
+        ("4", "extract", "missing_partition_date"),
+        ("5", "extract", "malformed_row"),
+    ]
+    assert "expected 3 fields, saw 5" in dead[2][3]
+    assert dead[2][4] == "5,2024-11-01,eps,,extra"
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
-    assert metadata["records_read"].value == 4
+    assert metadata["records_read"].value == 5
     assert metadata["dagster/partition_row_count"].value == 1
-    assert metadata["dead_letters"].value == 2
+    assert metadata["dead_letters"].value == 3
 
 
 def test_row_count_check_fails_when_stores_disagree(store, clickhouse):

@@ -1,4 +1,4 @@
-"""Source readers: CSV files and RSS/Atom feeds -> RAW FRAMES (source_id, occurred_at, payload).
+"""Source readers: CSV files and RSS/Atom feeds -> RAW FRAMES (source_id, occurred_at, payload, error).
 
 Pure logic (pandas, feedparser, httpx); the Dagster assets live elsewhere.
 """

@@ -1,8 +1,11 @@
-"""Streaming CSV extraction into RAW FRAMES (``source_id``, ``occurred_at``, ``payload``).
+"""Streaming CSV extraction into RAW FRAMES (``source_id``, ``occurred_at``, ``payload``, ``error``).
 
-Files are read in ``chunksize`` batches by pandas' C parser with every value kept as a string,
+Files are read block by block by pyarrow's streaming CSV reader with every value kept as a string,
 so memory stays flat however large the file. Encoding and delimiter are detected per file
 unless the source pins them.
+
+Nothing is dropped: a record with more fields than the header comes out as a row whose ``error``
+says what is wrong and whose ``payload`` keeps the original text (``_raw``), for dead-lettering.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ import codecs
 import csv
 import hashlib
 import io
+import json
 import logging
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,14 +23,21 @@ from pathlib import Path
 import charset_normalizer
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from ..transform.unified import TS_DTYPE, parse_timestamps
 from .config import CsvSource
 
 log = logging.getLogger(__name__)
 
-RAW_COLUMNS = ("source_id", "occurred_at", "payload")
+RAW_COLUMNS = ("source_id", "occurred_at", "payload", "error")
 SAMPLE_BYTES = 64 * 1024
+# pyarrow reads BLOCK_BYTES at a time (its memory is a few dozen times that) and cannot parse a
+# record longer than a block; a file holding one is read again with bigger blocks, up to the max.
+BLOCK_BYTES = 1024 * 1024
+MAX_BLOCK_BYTES = 256 * 1024 * 1024
+_HEADER_PROBE_BYTES = 64 * 1024
 DELIMITER_CANDIDATES = ",;\t|"
 _SNIFF_LINES = 100
 
@@ -47,6 +57,7 @@ def empty_raw_frame() -> pd.DataFrame:
             "source_id": pd.Series(dtype="str"),
             "occurred_at": pd.Series(dtype=TS_DTYPE),
             "payload": pd.Series(dtype="str"),
+            "error": pd.Series(dtype=object),
         }
     )
 
@@ -108,7 +119,7 @@ def detect_encoding(path: str | Path) -> str:
 
 def _field_count_score(sample: str, delimiter: str) -> tuple[float, int]:
     """(share of rows having the most common field count, that count); (0, 0) if it never splits."""
-    rows = [r for r in csv.reader(io.StringIO(sample), delimiter=delimiter) if r]
+    rows = [r for r in csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter) if r]  # "\r"-only files too
     counts = Counter(len(r) for r in rows)
     if not counts:
         return (0.0, 0)
@@ -147,6 +158,74 @@ def detect_delimiter(text_sample: str) -> str:
 # ------------------------------------------------------------------------------------ streaming
 
 
+class _Utf8Stream(io.RawIOBase):
+    """The file re-encoded to UTF-8 for pyarrow; undecodable bytes become U+FFFD, never an error."""
+
+    def __init__(self, path: Path, encoding: str) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        self._pending = b""
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        """Exactly ``size`` bytes (all if negative) unless the file ends first."""
+        while not self._eof and (size < 0 or len(self._pending) < size):
+            data = self._file.read(max(size, SAMPLE_BYTES) if size >= 0 else -1)
+            self._eof = not data
+            text = self._decoder.decode(data, final=self._eof)
+            self._pending += text.encode("utf-8", errors="replace")
+        if size < 0 or size >= len(self._pending):
+            out, self._pending = self._pending, b""
+        else:
+            out, self._pending = self._pending[:size], self._pending[size:]
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _read_options(block_size: int) -> pacsv.ReadOptions:
+    # Serial reading is what makes pyarrow report the row number of a set-aside record.
+    return pacsv.ReadOptions(use_threads=False, block_size=block_size)
+
+
+def _parse_options(delimiter: str, on_invalid) -> pacsv.ParseOptions:
+    return pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=on_invalid)
+
+
+def _header(path: Path, encoding: str, delimiter: str) -> list[str] | None:
+    """The header's fields as pyarrow splits them (so they key ``column_types``); None if empty."""
+    block = _HEADER_PROBE_BYTES
+    while True:
+        with _Utf8Stream(path, encoding) as stream:
+            try:
+                reader = pacsv.open_csv(
+                    stream,
+                    read_options=_read_options(block),
+                    parse_options=_parse_options(delimiter, lambda row: "skip"),
+                )
+            except pa.ArrowInvalid as exc:
+                if "Empty CSV file" in str(exc):
+                    return None
+                if "straddl" in str(exc) and block < MAX_BLOCK_BYTES:
+                    block = min(block * 16, MAX_BLOCK_BYTES)  # a record longer than the probe's block
+                    continue
+                raise ValueError(f"{path}: cannot read the CSV header: {exc}") from exc
+            names = reader.schema.names
+            reader.close()
+            return names
+
+
+def _split(text: str, delimiter: str) -> list[str]:
+    """The fields of one record's text (the text pyarrow hands over for a set-aside record)."""
+    return [field for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) for field in row]
+
+
 def _json_lines(frame: pd.DataFrame) -> list[str]:
     """One compact JSON object string per row, built by pandas in one go."""
     if frame.empty:
@@ -161,11 +240,16 @@ def _json_lines(frame: pd.DataFrame) -> list[str]:
 
 
 def _clean_header(columns: list[object]) -> list[str]:
-    """Strip names, drop a BOM left on the first one, and keep names unique (JSON keys)."""
+    """Strip names, drop a BOM left on the first one, and keep names unique (JSON keys).
+
+    An empty name becomes "Unnamed: <i>" (0-based), as pandas named it, so payloads stay the same.
+    """
     names: list[str] = []
     seen: Counter[str] = Counter()
     for i, col in enumerate(columns):
         name = str(col)
+        if name == "":
+            name = f"Unnamed: {i}"
         if i == 0:
             name = name.lstrip("\ufeff")
         name = name.strip() or f"column_{i + 1}"
@@ -184,41 +268,209 @@ def _find_column(columns: list[str], wanted: str | None) -> str | None:
     return folded.get(wanted.strip().casefold())
 
 
-def _raw_frame(
-    chunk: pd.DataFrame,
-    source: CsvSource,
-    file_name: str,
-    first_line: int,
-) -> pd.DataFrame:
-    n = len(chunk)
-    columns = list(chunk.columns)
-    chunk = chunk.fillna("")  # short rows come back as NaN even with na_filter off
+# Internal columns of a chunk; NUL keeps them apart from any header name.
+_LINE, _ERROR, _RAW = "\0line", "\0error", "\0raw"
 
-    payload_frame = chunk.assign(_file=file_name, _line=np.arange(first_line, first_line + n, dtype="int64"))
-    payload = _json_lines(payload_frame)
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _raw_frame(chunk: pd.DataFrame, source: CsvSource, file_name: str, columns: list[str]) -> pd.DataFrame:
+    """RAW FRAME of a chunk: ``columns`` (strings), ``_LINE`` and, if any row is malformed, ``_ERROR``
+    (message) and ``_RAW`` (its text); a malformed row's columns hold its fields by position."""
+    chunk = chunk.reset_index(drop=True)
+    n = len(chunk)
+    lines = chunk[_LINE].to_numpy(dtype="int64")
+    bad = chunk[_ERROR].notna().to_numpy() if _ERROR in chunk else np.zeros(n, dtype=bool)
+    data = chunk[columns].fillna("")  # short rows are padded with ""; this is just a guard
+
+    if bad.any():
+        good = ~bad
+        payload = np.empty(n, dtype=object)
+        payload[good] = _json_lines(data[good].assign(_file=file_name, _line=lines[good]))
+        payload[bad] = [
+            _dumps({"_file": file_name, "_line": int(line) if line > 0 else None, "_raw": raw})
+            for line, raw in zip(lines[bad], chunk.loc[bad, _RAW])
+        ]
+        errors = chunk[_ERROR].astype(object).where(pd.Series(bad), None).to_numpy()
+    else:
+        payload = _json_lines(data.assign(_file=file_name, _line=lines))
+        errors = np.full(n, None, dtype=object)
 
     id_col = _find_column(columns, source.id_column)
-    ids = chunk[id_col].astype(str).str.strip() if id_col else pd.Series("", index=chunk.index, dtype="str")
+    ids = data[id_col].astype(str).str.strip() if id_col else pd.Series("", index=data.index, dtype="str")
     need_hash = (ids == "").to_numpy()
     if need_hash.any():
-        # Content hash over the row alone (sorted keys, no _file/_line): the same row gets the same id.
-        canonical = _json_lines(chunk.loc[need_hash, sorted(columns)])
         ids = ids.astype(object)
-        ids[need_hash] = [hashlib.sha256(c.encode("utf-8")).hexdigest() for c in canonical]
+        # Content hash over the row alone (sorted keys, no _file/_line): the same row gets the same id.
+        rows = need_hash & ~bad
+        if rows.any():
+            canonical = _json_lines(data.loc[rows, sorted(columns)])
+            ids[rows] = [hashlib.sha256(c.encode("utf-8")).hexdigest() for c in canonical]
+        # A malformed row without a recognisable id: hash of its text.
+        rows = need_hash & bad
+        if rows.any():
+            ids[rows] = [hashlib.sha256(str(raw).encode("utf-8")).hexdigest() for raw in chunk.loc[rows, _RAW]]
 
     date_col = _find_column(columns, source.date_column)
     if date_col:
-        occurred = parse_timestamps(chunk[date_col], dayfirst=source.dayfirst, date_format=source.date_format)
+        occurred = parse_timestamps(data[date_col], dayfirst=source.dayfirst, date_format=source.date_format)
+        occurred = occurred.astype(TS_DTYPE)
+        if bad.any():
+            occurred[bad] = pd.NaT
     else:
-        occurred = pd.Series(pd.NaT, index=chunk.index, dtype=TS_DTYPE)
+        occurred = pd.Series(pd.NaT, index=data.index, dtype=TS_DTYPE)
 
     return pd.DataFrame(
         {
             "source_id": ids.astype("str").reset_index(drop=True),
             "occurred_at": occurred.astype(TS_DTYPE).reset_index(drop=True),
             "payload": pd.Series(payload, dtype="str"),
+            "error": pd.Series(errors, dtype=object),
         }
     )
+
+
+class _SetAside:
+    """Records pyarrow's parser set aside (field count differs from the header), put back in order.
+
+    pyarrow numbers records from 1, header included, blank lines not counted, and reports each
+    set-aside record before it returns the batch of the block holding it. Good records therefore
+    get the numbers not taken by a set-aside one, and ``_line`` = number - 1 - whitespace-only
+    records before it (those are skipped, as pandas did).
+    """
+
+    def __init__(self, columns: list[str], delimiter: str) -> None:
+        self.columns = columns
+        self.width = len(columns)
+        self.delimiter = delimiter
+        self.reported: list[tuple[int | None, int, int, str]] = []  # filled by the parser
+        self.pending: list[tuple[int, int, int, str]] = []  # numbered, not yet placed
+        self.next_number = 2  # of the next good record (1 is the header)
+        self.blanks = 0  # whitespace-only records placed so far
+
+    def on_invalid(self, row: pacsv.InvalidRow) -> str:
+        self.reported.append((row.number, row.expected_columns, row.actual_columns, row.text))
+        return "skip"
+
+    def _blank(self, row: tuple[int | None, int, int, str]) -> bool:
+        """A whitespace-only line: skipped and not counted, as pandas did."""
+        _, expected, actual, text = row
+        return actual < expected and not text.strip() and self.delimiter not in text
+
+    def _extras(
+        self, rows: list[tuple[int | None, int, int, str]], lines: list[int], unnumbered: bool = False
+    ) -> list[pd.DataFrame]:
+        """Set-aside records as chunk rows: short ones padded (good), over-long ones malformed.
+
+        ``unnumbered`` records (pyarrow could not say where they were) are all kept as malformed.
+        """
+        values, line_col, error_col, raw_col = [], [], [], []
+        for row, line in zip(rows, lines):
+            _, expected, actual, text = row
+            if self._blank(row):
+                continue
+            fields = _split(text, self.delimiter)
+            if not unnumbered and (len(fields) <= self.width or not any(fields[self.width :])):
+                # Too few fields (padded with ""), or only empty ones past the header (a trailing
+                # delimiter): nothing is lost, so it is a good record.
+                values.append(fields[: self.width] + [""] * (self.width - len(fields)))
+                error, raw = None, None
+            else:
+                values.append(fields[: self.width])  # by position: column i's value unless shifted
+                where = f"line {line}" if line > 0 else "line unknown"
+                error, raw = f"{where}: expected {expected} fields, saw {actual}", text
+            line_col.append(line)
+            error_col.append(error)
+            raw_col.append(raw)
+        if not values:
+            return []
+        frame = pd.DataFrame(values, columns=self.columns, dtype="str")
+        frame[_LINE] = np.asarray(line_col, dtype="int64")
+        frame[_ERROR] = pd.Series(error_col, dtype=object)
+        frame[_RAW] = pd.Series(raw_col, dtype=object)
+        return [frame]
+
+    def place(self, good: pd.DataFrame | None, last: bool = False) -> pd.DataFrame | None:
+        """``good`` (the rows of the batch just read, in order) with ``_LINE``, merged with the
+        set-aside records that come before, between or right after them; ``last`` places all."""
+        unnumbered = [r for r in self.reported if r[0] is None]
+        self.pending.extend(r for r in self.reported if r[0] is not None)
+        self.reported.clear()
+        self.pending.sort(key=lambda r: r[0])
+
+        count = 0 if good is None else len(good)
+        taken = np.fromiter((r[0] for r in self.pending), dtype="int64", count=len(self.pending))
+        numbers = np.arange(self.next_number, self.next_number + count + len(taken), dtype="int64")
+        if len(taken):
+            numbers = numbers[~np.isin(numbers, taken)]
+        numbers = numbers[:count]
+        limit = int(numbers[-1]) + 1 if count else self.next_number
+        # Placed now: set-aside records before the limit, and a run of them right after it (no good
+        # record can come in between), so pending never grows past one block.
+        i = 0
+        while i < len(self.pending) and (last or self.pending[i][0] <= limit):
+            if self.pending[i][0] == limit:
+                limit += 1
+            i += 1
+        placed, self.pending = self.pending[:i], self.pending[i:]
+        self.next_number = limit
+
+        blank = np.array([r[0] for r in placed if self._blank(r)], dtype="int64")
+        parts: list[pd.DataFrame] = []
+        if count:
+            parts.append(good.assign(**{_LINE: numbers - 1 - self.blanks - np.searchsorted(blank, numbers)}))
+        if placed:
+            at = np.array([r[0] for r in placed], dtype="int64")
+            parts += self._extras(placed, (at - 1 - self.blanks - np.searchsorted(blank, at)).tolist())
+        self.blanks += len(blank)
+        if len(parts) > 1:
+            merged = pd.concat(parts, ignore_index=True)
+            order = np.argsort(merged[_LINE].to_numpy(), kind="stable")
+            parts = [merged.iloc[order].reset_index(drop=True)]
+        parts += self._extras(unnumbered, [0] * len(unnumbered), unnumbered=True)  # text only, at the end
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+class _RecordTooLong(Exception):
+    """A record does not fit in one block: read the file again with bigger blocks."""
+
+
+def _read_chunks(
+    path: Path, encoding: str, delimiter: str, names: list[str], set_aside: _SetAside, block_size: int
+) -> Iterator[pd.DataFrame]:
+    """The file's records in order, a block at a time, as chunks for :func:`_raw_frame`."""
+    with _Utf8Stream(path, encoding) as stream:
+        reader = pacsv.open_csv(
+            stream,
+            read_options=_read_options(block_size),
+            parse_options=_parse_options(delimiter, set_aside.on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in names}, strings_can_be_null=False
+            ),
+        )
+        with reader:
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except pa.ArrowInvalid as exc:
+                    if "straddl" in str(exc):
+                        raise _RecordTooLong(str(exc)) from exc
+                    raise ValueError(f"{path}: cannot parse the CSV: {exc}") from exc
+                good = None
+                if batch.num_rows:
+                    good = pa.Table.from_batches([batch]).rename_columns(set_aside.columns).to_pandas()
+                chunk = set_aside.place(good)
+                if chunk is not None and len(chunk):
+                    yield chunk
+    chunk = set_aside.place(None, last=True)
+    if chunk is not None and len(chunk):
+        yield chunk
 
 
 def _iter_file(source: CsvSource, path: Path, batch_size: int) -> Iterator[pd.DataFrame]:
@@ -229,47 +481,64 @@ def _iter_file(source: CsvSource, path: Path, batch_size: int) -> Iterator[pd.Da
             delimiter = detect_delimiter(fh.read(SAMPLE_BYTES))
     log.debug("csv %s: %s (encoding=%s, delimiter=%r)", source.name, path, encoding, delimiter)
 
-    try:
-        reader = pd.read_csv(
-            path,
-            sep=delimiter,
-            dtype=str,
-            keep_default_na=False,
-            na_filter=False,
-            chunksize=batch_size,
-            encoding=encoding,
-            encoding_errors="replace",
-            engine="c",
-            index_col=False,  # a trailing delimiter must not turn the first column into the index
-            on_bad_lines="warn",  # a row with too many fields is logged and skipped, not fatal
-        )
-    except pd.errors.EmptyDataError:
+    names = _header(path, encoding, delimiter)
+    if names is None:
         log.warning("csv %s: %s is empty, skipped", source.name, path)
         return
+    columns = _clean_header(names)
 
-    next_line = 1
-    with reader:
-        while True:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    chunk = next(reader)
-                except StopIteration:
-                    break
-            for w in caught:
-                log.warning("csv %s: %s: %s", source.name, path.name, str(w.message).strip())
-            if chunk.empty:
-                continue
-            chunk.columns = _clean_header(list(chunk.columns))
-            yield _raw_frame(chunk, source, path.name, next_line)
-            next_line += len(chunk)
+    malformed: list[str] = []
+    emitted_through = 0  # _line of the last record yielded
+    block_size = BLOCK_BYTES
+    while True:
+        buffer: list[pd.DataFrame] = []
+        buffered = 0
+        set_aside = _SetAside(columns, delimiter)
+        try:
+            for chunk in _read_chunks(path, encoding, delimiter, names, set_aside, block_size):
+                if emitted_through:  # re-reading after _RecordTooLong: skip what was yielded
+                    chunk = chunk[chunk[_LINE].to_numpy() > emitted_through]
+                buffer.append(chunk)
+                buffered += len(chunk)
+                while buffered >= batch_size:
+                    whole = buffer[0] if len(buffer) == 1 else pd.concat(buffer, ignore_index=True)
+                    head, rest = whole.iloc[:batch_size], whole.iloc[batch_size:]
+                    buffer, buffered = [rest], len(rest)
+                    frame = _raw_frame(head, source, path.name, columns)
+                    malformed.extend(frame["error"].dropna())
+                    emitted_through = max(emitted_through, int(head[_LINE].max()))
+                    yield frame
+        except _RecordTooLong as exc:
+            if block_size >= MAX_BLOCK_BYTES:
+                raise ValueError(
+                    f"{path}: a record is longer than {MAX_BLOCK_BYTES // 2**20} MiB; the CSV reader cannot split it"
+                ) from exc
+            block_size = min(block_size * 8, MAX_BLOCK_BYTES)
+            log.info("csv %s: %s: a record is longer than a block, reading again with %d MiB blocks",
+                     source.name, path.name, block_size // 2**20)
+            continue
+        if buffered:
+            whole = buffer[0] if len(buffer) == 1 else pd.concat(buffer, ignore_index=True)
+            frame = _raw_frame(whole, source, path.name, columns)
+            malformed.extend(frame["error"].dropna())
+            yield frame
+        break
+    if malformed:
+        shown = "; ".join(malformed[:5]) + ("; ..." if len(malformed) > 5 else "")
+        log.warning("csv %s: %s: %d malformed record(s) passed on with an error: %s",
+                    source.name, path.name, len(malformed), shown)
 
 
 def iter_raw_batches(source: CsvSource, batch_size: int = 50_000) -> Iterator[pd.DataFrame]:
-    """Stream every file of ``source`` as RAW FRAMES of at most ``batch_size`` rows.
+    """Stream every file of ``source`` as RAW FRAMES of at most ``batch_size`` rows, in file order.
 
     Batches never span files. ``payload`` is the row as JSON (values as strings) plus ``_file``
-    and ``_line`` (1-based data record number, header excluded).
+    and ``_line`` (1-based data record number: header and blank lines excluded, a record with
+    quoted line breaks counted once). ``error`` is None, or for a record with more non-empty
+    fields than the header "line <_line>: expected <n> fields, saw <m>"; such a row's payload is
+    ``{"_file", "_line", "_raw": <the record's text>}``, its ``source_id`` the id field (by
+    position) or else the sha256 of the text, and ``occurred_at`` NaT. Records with too few
+    fields are padded with "" and are good.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

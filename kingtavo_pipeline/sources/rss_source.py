@@ -149,5 +149,6 @@ def read_feed(source: RssSource, fetch: Callable[[str], bytes] | None = None) ->
             "source_id": pd.Series([p["id"] for p in payloads], dtype="str"),
             "occurred_at": pd.to_datetime(pd.Series([p["published"] or None for p in payloads], dtype=object), utc=True, format="ISO8601").astype(TS_DTYPE),
             "payload": pd.Series([json.dumps(p, ensure_ascii=False, separators=(",", ":")) for p in payloads], dtype="str"),
+            "error": pd.Series([None] * len(payloads), dtype=object),  # parsed entries are never malformed
         }
     )

@@ -11,6 +11,7 @@ from kingtavo_pipeline.sources import (
     CsvSource,
     detect_delimiter,
     detect_encoding,
+    empty_raw_frame,
     iter_raw_batches,
     load_sources,
 )
@@ -89,6 +90,7 @@ def test_explicit_encoding_is_used(tmp_path):
         ("id\tname\tprice\n1\ta\t1,5\n2\tb\t2,5\n", "\t"),
         ("id|name|price\n1|a, b|3\n2|c|4\n", "|"),
         ("just_one_column\nvalue\nother\n", ","),
+        ("id;name\r1;a\r2;b\r", ";"),  # old Mac line ends
         ("", ","),
     ],
 )
@@ -118,6 +120,7 @@ def test_raw_frame_shape_and_values():
     # "+01:00" offsets are converted to UTC
     late = frame.set_index("source_id").loc["ORD-1009", "occurred_at"]
     assert late == pd.Timestamp("2024-11-01T20:14:00Z")
+    assert frame["error"].isna().all()
     rows = payloads(frame)
     assert [r["_line"] for r in rows] == list(range(1, 26))
     assert {r["_file"] for r in rows} == {"shop_orders_semicolon.csv"}
@@ -194,10 +197,108 @@ def test_ragged_rows(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         frame = read_all(CsvSource(name="r", path=str(path), id_column="id"))
     rows = payloads(frame)
-    assert [r["id"] for r in rows] == ["1", "2", "4"]
-    assert rows[0]["name"] == "multi\nline"
-    assert rows[1]["note"] == ""  # missing trailing field -> empty string
-    assert "expected 3 fields, saw 4" in caplog.text
+    good = [r for r, e in zip(rows, frame["error"]) if e is None]
+    assert [r["id"] for r in good] == ["1", "2", "4"]
+    assert good[0]["name"] == "multi\nline"
+    assert good[1]["note"] == ""  # missing trailing field -> empty string, not an error
+    assert [r["_line"] for r in rows] == [1, 2, 3, 4]  # file order, the bad record in its place
+    assert frame["error"].tolist() == [None, None, "line 3: expected 3 fields, saw 4", None]
+    assert rows[2] == {"_file": "ragged.csv", "_line": 3, "_raw": "3,too,many,fields"}
+    assert "line 3: expected 3 fields, saw 4" in caplog.text
+
+
+def test_over_long_rows_are_kept_with_an_error(tmp_path):
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "id,day,title,price\n"
+        "A1,2024-11-01,first,1.50\n"
+        "A2,2024-11-01,an unquoted, comma,2.00\n"
+        'A3,2024-11-02,"quoted, fine",3.00\n'
+        "A4,2024-11-02,four\n"
+        ",2024-11-03,no id,1,2,3\n"
+        "A6,2024-11-03,last,6.00\n",
+        encoding="utf-8",
+    )
+    source = CsvSource(name="o", path=str(path), id_column="id", date_column="day")
+    frame = read_all(source)
+    assert list(frame.columns) == list(RAW_COLUMNS) == ["source_id", "occurred_at", "payload", "error"]
+    assert len(frame) == 6  # nothing dropped
+    rows = payloads(frame)
+
+    good = frame["error"].isna()
+    assert frame.loc[good, "source_id"].tolist() == ["A1", "A3", "A4", "A6"]
+    assert [r["_line"] for r, ok in zip(rows, good) if ok] == [1, 3, 4, 6]
+    assert rows[2]["title"] == "quoted, fine" and rows[3]["price"] == ""
+    assert frame.loc[good, "occurred_at"].notna().all()
+
+    bad = frame[~good]
+    assert bad["error"].tolist() == ["line 2: expected 4 fields, saw 5", "line 5: expected 4 fields, saw 6"]
+    assert [rows[i] for i in bad.index] == [
+        {"_file": "orders.csv", "_line": 2, "_raw": "A2,2024-11-01,an unquoted, comma,2.00"},
+        {"_file": "orders.csv", "_line": 5, "_raw": ",2024-11-03,no id,1,2,3"},
+    ]
+    assert bad["occurred_at"].isna().all()
+    # The id when it can be read, else the sha256 of the raw text.
+    assert bad["source_id"].tolist() == ["A2", hashlib.sha256(b",2024-11-03,no id,1,2,3").hexdigest()]
+
+    # Batching changes nothing, and a batch counts bad rows too.
+    batches = list(iter_raw_batches(source, batch_size=4))
+    assert [len(b) for b in batches] == [4, 2]
+    pd.testing.assert_frame_equal(pd.concat(batches, ignore_index=True), frame)
+
+
+def test_bad_rows_in_semicolon_latin1_and_crlf_files(tmp_path):
+    latin = tmp_path / "latin.csv"
+    text = 'id;name;city\r\n1;Café;Köln\r\n2;Señor;Málaga;Spain\r\n3;"Größe\r\nzwei";Wien\r\n'
+    latin.write_bytes(text.encode("latin-1"))
+    frame = read_all(CsvSource(name="l", path=str(latin), id_column="id"))
+    rows = payloads(frame)
+    assert frame["error"].tolist() == [None, "line 2: expected 3 fields, saw 4", None]
+    assert rows[1]["_raw"] == "2;Señor;Málaga;Spain"
+    assert rows[2] == {"id": "3", "name": "Größe\r\nzwei", "city": "Wien", "_file": "latin.csv", "_line": 3}
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffsku,name\n1,Kaffeemühle\n2,x,y\n".encode("utf-8"))
+    frame = read_all(CsvSource(name="b", path=str(bom), id_column="sku"))
+    assert list(payloads(frame)[0]) == ["sku", "name", "_file", "_line"]
+    assert frame["error"].tolist() == [None, "line 2: expected 2 fields, saw 3"]
+
+
+def test_trailing_delimiters_and_blank_lines_lose_nothing(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("id,name\n1,a,\n\n2,b\n   \n3,c,,\n", encoding="utf-8")
+    frame = read_all(CsvSource(name="t", path=str(path), id_column="id"))
+    assert frame["error"].isna().all()  # only empty fields past the header: nothing to lose
+    assert [(r["id"], r["name"], r["_line"]) for r in payloads(frame)] == [("1", "a", 1), ("2", "b", 2), ("3", "c", 3)]
+
+
+def test_records_longer_than_a_block_are_read_whole(tmp_path, monkeypatch, caplog):
+    import kingtavo_pipeline.sources.csv_source as csv_source
+
+    path = tmp_path / "long.csv"
+    long_value = "x" * 5000
+    lines = [f"{i},v{i}" for i in range(1, 200)]
+    lines[120] = f'121,"{long_value}\n{long_value}"'
+    lines[150] = "151,too,many"
+    path.write_text("id,v\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    source = CsvSource(name="l", path=str(path), id_column="id")
+    expected = read_all(source, batch_size=50)
+
+    monkeypatch.setattr(csv_source, "BLOCK_BYTES", 256)  # forces a re-read with bigger blocks
+    with caplog.at_level(logging.INFO):
+        batches = list(iter_raw_batches(source, batch_size=50))
+    assert "reading again" in caplog.text  # after two batches were already yielded
+    got = pd.concat(batches, ignore_index=True)
+    pd.testing.assert_frame_equal(got, expected)
+    assert [r["_line"] for r in payloads(got)] == list(range(1, 200))
+    assert got["source_id"].tolist() == [str(i) for i in range(1, 200)]
+    assert got["error"].notna().sum() == 1 and len(payloads(got)[120]["v"]) == 10001
+
+
+def test_empty_raw_frame_has_the_raw_columns():
+    frame = empty_raw_frame()
+    assert list(frame.columns) == list(RAW_COLUMNS) and frame.empty
+    assert str(frame["occurred_at"].dtype) == "datetime64[us, UTC]"
 
 
 def test_payload_json_keeps_slashes_and_backslashes(tmp_path):
@@ -230,5 +331,6 @@ def test_large_file_streams_in_batches(tmp_path):
         assert json.loads(batch["payload"].iloc[0])["_line"] == last_line + 1
         last_line += len(batch)
         assert batch["occurred_at"].notna().all()
+        assert batch["error"].isna().all()
     assert sizes == [60_000, 60_000, 60_000, 20_000]
     assert sum(sizes) == rows

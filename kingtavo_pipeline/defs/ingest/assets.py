@@ -47,12 +47,21 @@ def land_source(
         for frame in batches:
             counts.extracted += len(frame)
             occurred = frame["occurred_at"]
-            undated = occurred.isna()
-            keep = ~undated & (occurred >= start) & (occurred < end)
+            errors = frame["error"] if "error" in frame else pd.Series(None, index=frame.index, dtype=object)
+            malformed = errors.notna()
+            undated = occurred.isna() & ~malformed
+            keep = ~malformed & ~undated & (occurred >= start) & (occurred < end)
             batch = frame.loc[keep, ["source_id", "payload"]].assign(partition_date=occurred[keep].dt.date)
-            rejects = frame.loc[undated, ["source_id", "payload"]].assign(
-                error_type="missing_partition_date",
-                error_message=f"{_date_label(source)} is missing or not a date, so the record belongs to no daily partition",
+            rejects = pd.concat(
+                [
+                    frame.loc[malformed, ["source_id", "payload"]].assign(
+                        error_type="malformed_row", error_message=errors[malformed]
+                    ),
+                    frame.loc[undated, ["source_id", "payload"]].assign(
+                        error_type="missing_partition_date",
+                        error_message=f"{_date_label(source)} is missing or not a date, so the record belongs to no daily partition",
+                    ),
+                ]
             )
             with store.transaction() as conn:
                 landed = land_raw(conn, batch, source_type=source_type, source_name=source.name,
@@ -64,7 +73,7 @@ def land_source(
             rejected += len(rejects)
         counts.loaded, counts.failed = in_window_rows, rejected
     if rejected:
-        context.log.warning(f"{rejected} record(s) of {source.name} had no usable date and went to dead_letters")
+        context.log.warning(f"{rejected} record(s) of {source.name} were malformed or had no usable date; see dead_letters")
     return dg.MaterializeResult(
         metadata={
             "dagster/table_name": "raw_data",
