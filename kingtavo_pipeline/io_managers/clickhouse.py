@@ -22,7 +22,11 @@ missing one is created from the Arrow schema:
 
 * ``ENGINE = ReplacingMergeTree(_version)``;
 * ``ORDER BY`` from asset metadata ``order_by`` (a column list or one expression), **required** to
-  create a table: it is the deduplication key of ReplacingMergeTree, so there is no safe default;
+  create a table: it is the deduplication key of ReplacingMergeTree, so there is no safe default.
+  The PARTITION BY expressions are put in front of it (``ORDER BY (toDate(day), shop, id)`` for
+  ``order_by: [shop, id]``), because ``SELECT ... FINAL`` deduplicates *across* partitions: without
+  them, rows of two days sharing ``(shop, id)`` would collapse into one. (A table that should
+  deduplicate across partitions, like ``unified_items``, is created by a migration.);
 * ``PARTITION BY`` following the asset's partitions: a daily (or coarser) time window ->
   ``toDate(expr)``, an hourly one -> ``toStartOfHour(expr)``; static/dynamic -> ``expr``;
   multi-dimensional -> a tuple of those; unpartitioned -> none;
@@ -202,11 +206,11 @@ def _time_bucket(expr: str, pdef: Any, schema: pa.Schema) -> str:
     )
 
 
-def partition_by(context: OutputContext, table_slice: TableSlice, schema: pa.Schema) -> str | None:
-    """The PARTITION BY expression matching the asset's partitioning (``None`` when unpartitioned)."""
+def partition_buckets(context: OutputContext, table_slice: TableSlice, schema: pa.Schema) -> list[str]:
+    """One PARTITION BY expression per partition dimension of the asset (none when unpartitioned)."""
     dims = list(table_slice.partition_dimensions or [])
     if not dims:
-        return None
+        return []
     pdefs = _partitions_defs(context)
     if len(pdefs) != len(dims):
         pdefs = [None] * len(dims)
@@ -216,6 +220,10 @@ def partition_by(context: OutputContext, table_slice: TableSlice, schema: pa.Sch
             exprs.append(_time_bucket(dim.partition_expr, pdef, schema))
         else:
             exprs.append(dim.partition_expr)
+    return exprs
+
+
+def _tuple(exprs: Sequence[str]) -> str:
     return exprs[0] if len(exprs) == 1 else f"({', '.join(exprs)})"
 
 
@@ -237,7 +245,7 @@ def create_table_ddl(context: OutputContext, table_slice: TableSlice, schema: pa
     """``CREATE TABLE IF NOT EXISTS`` for the slice's table from the Arrow schema of the output."""
     name = f"{table_slice.schema}.{table_slice.table}"
     order_by = order_by_columns(context.definition_metadata or {}, name)
-    partition = partition_by(context, table_slice, schema)
+    buckets = partition_buckets(context, table_slice, schema)
     keys = {c for c in (_plain(e) for e in order_by) if c}
     keys |= {c for c in (_plain(d.partition_expr) for d in table_slice.partition_dimensions or []) if c}
     unknown = [c for c in keys if c not in schema.names]
@@ -254,10 +262,12 @@ def create_table_ddl(context: OutputContext, table_slice: TableSlice, schema: pa
         + ",\n    ".join(columns)
         + f"\n) ENGINE = ReplacingMergeTree({_q(VERSION_COLUMN)})"
     )
-    if partition:
-        ddl += f"\nPARTITION BY {partition}"
-    ordering = [_q(c) if _plain(c) else c for c in order_by]
-    ddl += f"\nORDER BY ({', '.join(ordering)})"
+    if buckets:
+        ddl += f"\nPARTITION BY {_tuple(buckets)}"
+    # SELECT ... FINAL deduplicates across partitions by the sorting key, so the partition
+    # buckets lead the key: rows of different partitions are never taken for versions of each other.
+    ordering = [b for b in buckets if b not in order_by] + [_q(c) if _plain(c) else c for c in order_by]
+    ddl += f"\nORDER BY {_tuple(ordering)}"
     return ddl
 
 

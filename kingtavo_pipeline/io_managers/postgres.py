@@ -55,7 +55,14 @@ from psycopg import sql
 from pydantic import Field
 
 from kingtavo_pipeline.settings import Settings
-from kingtavo_pipeline.storage.postgres import PostgresStore, copy_arrow, get_store, qualified, to_arrow
+from kingtavo_pipeline.storage.postgres import (
+    PostgresStore,
+    copy_arrow,
+    get_store,
+    qualified,
+    to_arrow,
+    utc_text_timestamps,
+)
 from kingtavo_pipeline.storage.upsert import upsert
 
 WRITE_MODE_REPLACE = "replace"
@@ -233,7 +240,9 @@ _DURATION_UNITS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "
 
 
 def _copy_ready(arrow: pa.Table) -> pa.Table:
-    """Pre-convert the few Arrow types ``copy_arrow``'s CSV does not render as PostgreSQL input."""
+    """Pre-convert the Arrow types ``copy_arrow``'s CSV does not render as PostgreSQL input (binary,
+    durations, nulls) or renders slowly (zoned timestamps: see :func:`utc_text_timestamps`)."""
+    arrow = utc_text_timestamps(arrow)
     changed = False
     columns = []
     for field, column in zip(arrow.schema, arrow.columns):
@@ -376,9 +385,15 @@ class PostgresDbClient(DbClient[psycopg.Connection]):
 
     @staticmethod
     def delete_table_slice(context: OutputContext, table_slice: TableSlice, connection: psycopg.Connection) -> None:
-        """DELETE the slice's rows (all rows when unpartitioned); nothing in upsert mode or without a table."""
+        """DELETE the slice's rows (all rows when unpartitioned); nothing in upsert mode or without a table.
+
+        Replacing writers of one table take turns (a transaction-scoped advisory lock): two runs
+        replacing overlapping slices at once would otherwise each miss the other's uncommitted
+        rows in their DELETE and leave both copies.
+        """
         if write_mode(_metadata(context)) == WRITE_MODE_UPSERT:
             return
+        _lock(connection, f"write:{table_slice.schema}.{table_slice.table}")
         if table_columns(connection, table_slice.schema, table_slice.table) is None:
             return
         statement = sql.SQL("DELETE FROM {}").format(_target(table_slice))
@@ -456,7 +471,7 @@ def write_arrow(
 
     result_metadata: dict[str, Any] = {"write_mode": mode}
     if mode == WRITE_MODE_UPSERT:
-        result = upsert(conn, name, arrow, keys, version_column=version_column)
+        result = upsert(conn, name, _copy_ready(arrow), keys, version_column=version_column)
         result_metadata.update(
             {"rows_inserted": result.inserted, "rows_updated": result.updated, "rows_unchanged": result.unchanged}
         )

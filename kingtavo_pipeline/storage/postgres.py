@@ -215,3 +215,23 @@ def to_arrow(obj: pd.DataFrame | pa.Table) -> pa.Table:
         return obj
     return pa.Table.from_pandas(obj, preserve_index=False)
 
+
+def utc_text_timestamps(table: pa.Table) -> pa.Table:
+    """Zoned timestamp columns as ``YYYY-MM-DD HH:MM:SS[.ffffff]+00`` text, ready for CSV COPY.
+
+    pyarrow's CSV writer formats zoned timestamps some 15x slower than naive ones (a time-zone
+    lookup per value): for a table with two such columns that is over half the client-side cost
+    of a COPY. The text names the same instant explicitly in UTC, so it loads into ``timestamptz``
+    whatever the session's TimeZone (into ``timestamp`` it gives the UTC wall time, as before).
+    Nanoseconds are truncated to microseconds, PostgreSQL's resolution, as :func:`_csv_ready` does.
+    """
+    columns, changed = [], False
+    for field, column in zip(table.schema, table.columns):
+        t = field.type
+        if pa.types.is_timestamp(t) and t.tz is not None:
+            unit = "us" if t.unit == "ns" else t.unit
+            naive = pc.cast(column, pa.timestamp(unit), safe=False)
+            column = pc.binary_join_element_wise(pc.cast(naive, pa.string()), "+00", "")
+            changed = True
+        columns.append(column)
+    return pa.table(columns, names=table.column_names) if changed else table

@@ -1,0 +1,404 @@
+"""ClickHouseIOManager against chDB (the real ClickHouse engine, in-process, from the conftest)."""
+
+import datetime as dt
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    DagsterInstance,
+    DailyPartitionsDefinition,
+    DynamicPartitionsDefinition,
+    MultiPartitionKey,
+    MultiPartitionsDefinition,
+    PartitionKeyRange,
+    PythonObjectDagsterType,
+    StaticPartitionsDefinition,
+    asset,
+    build_init_resource_context,
+    build_input_context,
+    build_output_context,
+    materialize,
+)
+
+from kingtavo_pipeline.io_managers import ClickHouseIOManager, PartitionLayoutError
+
+DB = "io_test"
+DAILY = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-02-01")
+SHOPS = StaticPartitionsDefinition(["north", "o'brien", "south"])
+DAY_META = {"partition_expr": "day", "order_by": ["shop", "id"]}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def rows(day: str, n: int, tag: str = "v1", shop: str | None = None) -> pd.DataFrame:
+    d = dt.date.fromisoformat(day)
+    return pd.DataFrame(
+        {
+            "day": [d] * n,
+            "shop": [shop or "north"] * n,
+            "id": list(range(n)),
+            "value": [float(i) / 2 for i in range(n)],
+            "tag": [tag] * n,
+            "updated_at": [pd.Timestamp(d, tz="UTC") + pd.Timedelta(hours=i) for i in range(n)],
+        }
+    )
+
+
+@pytest.fixture
+def iom(clickhouse, clickhouse_dsn):
+    return ClickHouseIOManager(clickhouse_url=clickhouse_dsn, database=DB).create_io_manager(build_init_resource_context())
+
+
+@pytest.fixture(scope="module")
+def instance():
+    """One ephemeral instance for the contexts built here (building one per context is slow)."""
+    with DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+@pytest.fixture(autouse=True)
+def _shared_instance(instance):
+    global _INSTANCE
+    _INSTANCE = instance
+
+
+_INSTANCE: DagsterInstance | None = None
+
+
+def write(iom, key, obj, *, partition_key=None, key_range=None, pdef=None, metadata=None) -> dict[str, Any]:
+    context = build_output_context(
+        instance=_INSTANCE,
+        asset_key=key,
+        partition_key=partition_key,
+        asset_partition_key_range=key_range,
+        asset_partitions_def=pdef,
+        definition_metadata=metadata or {},
+    )
+    iom.handle_output(context, obj)
+    return {k: getattr(v, "value", v) for k, v in context.get_logged_metadata().items()}
+
+
+def load(iom, key, typ=pd.DataFrame, *, partition_key=None, key_range=None, pdef=None, metadata=None, columns=None):
+    upstream = build_output_context(asset_key=key, definition_metadata=metadata or {}, instance=_INSTANCE)
+    context = build_input_context(
+        instance=_INSTANCE,
+        asset_key=key,
+        partition_key=partition_key,
+        asset_partition_key_range=key_range,
+        asset_partitions_def=pdef,
+        upstream_output=upstream,
+        definition_metadata={"columns": columns} if columns else None,
+        dagster_type=PythonObjectDagsterType(typ),
+    )
+    return iom.load_input(context)
+
+
+def tags_by(clickhouse, table: str, column: str = "toString(day)") -> dict[str, tuple[int, list[str]]]:
+    result = clickhouse.query(
+        f"SELECT {column} AS k, count(), arraySort(groupUniqArray(tag)) FROM {DB}.{table} FINAL GROUP BY k ORDER BY k"
+    ).result_rows
+    return {k: (n, list(tags)) for k, n, tags in result}
+
+
+def assert_no_mutations(clickhouse, database: str = DB) -> None:
+    assert clickhouse.query(
+        "SELECT count() FROM system.mutations WHERE database = {db:String}", parameters={"db": database}
+    ).result_rows == [(0,)]
+
+
+def no_stage_tables(clickhouse, database: str = DB) -> bool:
+    return not clickhouse.query(
+        "SELECT name FROM system.tables WHERE database = {db:String} AND name LIKE '%\\_\\_stage\\_%'",
+        parameters={"db": database},
+    ).result_rows
+
+
+# --- unpartitioned -----------------------------------------------------------------------------
+
+
+def test_unpartitioned_round_trip_pandas_and_arrow(iom, clickhouse):
+    meta = write(iom, ["wh", "plain"], rows("2024-01-01", 3), metadata={"order_by": ["id"]})
+    assert meta["dagster/row_count"] == 3
+    assert meta["dagster/table_name"] == f"{DB}.plain"  # the database, not the key prefix
+    assert "dagster/partition_row_count" not in meta
+    engine, partition_key, sorting_key = clickhouse.query(
+        f"SELECT engine_full, partition_key, sorting_key FROM system.tables WHERE database = '{DB}' AND name = 'plain'"
+    ).result_rows[0]
+    assert engine.startswith("ReplacingMergeTree(_version)")
+    assert (partition_key, sorting_key) == ("", "id")
+
+    arrow = pa.Table.from_pandas(rows("2024-01-05", 2, "v2"), preserve_index=False)
+    assert write(iom, ["wh", "plain"], arrow, metadata={"order_by": ["id"]})["dagster/row_count"] == 2
+    assert tags_by(clickhouse, "plain") == {"2024-01-05": (2, ["v2"])}
+
+    frame = load(iom, ["wh", "plain"], pd.DataFrame).sort_values("id").reset_index(drop=True)
+    assert list(frame.columns) == ["day", "shop", "id", "value", "tag", "updated_at"]  # no _version
+    assert frame["updated_at"].iloc[1] == pd.Timestamp("2024-01-05T01:00Z")
+    table = load(iom, ["wh", "plain"], pa.Table, columns=["id", "_version"])
+    assert table.column_names == ["id", "_version"]
+    assert table.schema.field("_version").type == pa.uint64()
+    assert_no_mutations(clickhouse)
+    assert no_stage_tables(clickhouse)
+
+
+def test_generated_types_and_nullability(iom, clickhouse):
+    source = pa.table(
+        {
+            "day": pa.array([dt.date(2024, 1, 1)] * 2, pa.date32()),
+            "id": pa.array([1, 2], pa.int64()),
+            "amount": pa.array([None, 2.5], pa.float64()),
+            "name": pa.array(["a", None]),
+            "at": pa.array([dt.datetime(2024, 1, 1, 3, tzinfo=dt.timezone.utc)] * 2, pa.timestamp("us", "UTC")),
+            "labels": pa.array([["x"], []], pa.list_(pa.string())),
+            "attrs": pa.array([{"k": 1}, None], pa.struct([("k", pa.int64())])),
+        }
+    )
+    write(iom, ["typed"], source, partition_key="2024-01-01", pdef=DAILY, metadata={"partition_expr": "day", "order_by": ["id"]})
+    types = dict(clickhouse.query(f"SELECT name, type FROM system.columns WHERE database = '{DB}' AND table = 'typed'").result_rows)
+    assert types == {
+        "day": "Date32",  # partition column: not Nullable
+        "id": "Int64",  # ORDER BY column: not Nullable
+        "amount": "Nullable(Float64)",
+        "name": "Nullable(String)",
+        "at": "Nullable(DateTime64(6, 'UTC'))",
+        "labels": "Array(Nullable(String))",
+        "attrs": "Nullable(String)",
+        "_version": "UInt64",
+    }
+    assert clickhouse.query(
+        f"SELECT partition_key, sorting_key FROM system.tables WHERE database = '{DB}' AND name = 'typed'"
+    ).result_rows == [("toDate(day)", "toDate(day), id")]
+    back = load(iom, ["typed"], pa.Table, partition_key="2024-01-01", pdef=DAILY, metadata={"partition_expr": "day"})
+    back = back.sort_by([("id", "ascending")])
+    assert back.column("amount").to_pylist() == [None, 2.5]
+    assert back.column("name").to_pylist() == ["a", None]
+    assert back.column("labels").to_pylist() == [["x"], []]
+    assert back.column("attrs").to_pylist() == ['{"k": 1}', None]
+
+
+# --- time windows ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["pandas", "arrow"])
+def test_daily_partition_replace_is_idempotent_and_scoped(iom, clickhouse, kind):
+    convert = (lambda f: f) if kind == "pandas" else (lambda f: pa.Table.from_pandas(f, preserve_index=False))
+    write(iom, ["events"], convert(rows("2024-01-01", 3)), partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META)
+    write(iom, ["events"], convert(rows("2024-01-02", 2)), partition_key="2024-01-02", pdef=DAILY, metadata=DAY_META)
+    for _ in range(2):  # re-running the partition gives identical counts
+        meta = write(
+            iom, ["events"], convert(rows("2024-01-01", 4, "v2")), partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META
+        )
+        assert meta["dagster/row_count"] == 6
+        assert meta["dagster/partition_row_count"] == 4
+        assert (meta["partitions_replaced"], meta["partitions_dropped"]) == (1, 0)
+        assert tags_by(clickhouse, "events") == {"2024-01-01": (4, ["v2"]), "2024-01-02": (2, ["v1"])}
+        # replaced, not appended: the raw (non-FINAL) count agrees
+        assert clickhouse.query(f"SELECT count() FROM {DB}.events").result_rows == [(6,)]
+
+    loaded = load(iom, ["events"], pd.DataFrame if kind == "pandas" else pa.Table, partition_key="2024-01-02", pdef=DAILY, metadata=DAY_META)
+    tags = loaded["tag"].tolist() if kind == "pandas" else loaded.column("tag").to_pylist()
+    assert tags == ["v1", "v1"]
+    assert_no_mutations(clickhouse)
+    assert no_stage_tables(clickhouse)
+
+
+def test_empty_output_drops_the_partition(iom, clickhouse):
+    write(iom, ["events"], rows("2024-01-01", 3), partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META)
+    write(iom, ["events"], rows("2024-01-02", 2), partition_key="2024-01-02", pdef=DAILY, metadata=DAY_META)
+    meta = write(iom, ["events"], rows("2024-01-01", 0), partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META)
+    assert (meta["dagster/row_count"], meta["dagster/partition_row_count"]) == (2, 0)
+    assert (meta["partitions_replaced"], meta["partitions_dropped"]) == (0, 1)
+    assert tags_by(clickhouse, "events") == {"2024-01-02": (2, ["v1"])}
+    assert_no_mutations(clickhouse)
+
+
+def test_backfill_range_in_one_run_replaces_exactly_those_days(iom, clickhouse, clickhouse_dsn):
+    initial = pd.concat([rows(f"2024-01-0{d}", 2) for d in (1, 2, 3, 4)], ignore_index=True)
+    write(iom, ["ranged"], initial, key_range=PartitionKeyRange("2024-01-01", "2024-01-04"), pdef=DAILY, metadata=DAY_META)
+    # day 2 loses its rows in the backfill: its partition must be dropped, not kept
+    skip = {"2024-01-02"}
+
+    @asset(key=["ranged"], partitions_def=DAILY, metadata=DAY_META)
+    def ranged(context: AssetExecutionContext) -> pd.DataFrame:
+        window = context.partition_time_window
+        days = [d.date().isoformat() for d in pd.date_range(window.start, window.end, freq="D", inclusive="left")]
+        return pd.concat([rows(d, 3, "backfill") for d in days if d not in skip], ignore_index=True)
+
+    result = materialize(
+        [ranged],
+        resources={"io_manager": ClickHouseIOManager(clickhouse_url=clickhouse_dsn, database=DB)},
+        tags={"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"},
+    )
+    assert result.success
+    assert tags_by(clickhouse, "ranged") == {
+        "2024-01-01": (3, ["backfill"]),
+        "2024-01-03": (3, ["backfill"]),
+        "2024-01-04": (2, ["v1"]),
+    }
+    mats = result.asset_materializations_for_node("ranged")
+    assert sorted(m.partition for m in mats) == ["2024-01-01", "2024-01-02", "2024-01-03"]
+    assert mats[0].metadata["dagster/partition_row_count"].value == 6
+    assert mats[0].metadata["dagster/row_count"].value == 8
+    assert mats[0].metadata["partitions_dropped"].value == 1
+    # the fixture's client still works after the run opened and closed its own
+    assert clickhouse.query("SELECT 1").result_rows == [(1,)]
+    assert_no_mutations(clickhouse)
+
+
+# --- static, dynamic, multi --------------------------------------------------------------------
+
+
+def test_static_partitions_with_quoted_key(iom, clickhouse):
+    meta = {"partition_expr": "shop", "order_by": ["id"]}
+    write(iom, ["shops"], rows("2024-01-01", 2, shop="o'brien"), partition_key="o'brien", pdef=SHOPS, metadata=meta)
+    write(iom, ["shops"], rows("2024-01-01", 3, shop="north"), partition_key="north", pdef=SHOPS, metadata=meta)
+    out = write(iom, ["shops"], rows("2024-01-01", 1, "v2", shop="o'brien"), partition_key="o'brien", pdef=SHOPS, metadata=meta)
+    assert (out["dagster/row_count"], out["dagster/partition_row_count"]) == (4, 1)
+    assert tags_by(clickhouse, "shops", "shop") == {"north": (3, ["v1"]), "o'brien": (1, ["v2"])}
+    got = load(iom, ["shops"], pa.Table, partition_key="o'brien", pdef=SHOPS, metadata=meta)
+    assert got.column("tag").to_pylist() == ["v2"]
+    both = load(iom, ["shops"], key_range=PartitionKeyRange("north", "o'brien"), pdef=SHOPS, metadata=meta)
+    assert len(both) == 4
+    assert_no_mutations(clickhouse)
+
+
+def test_dynamic_partitions(clickhouse, clickhouse_dsn):
+    merchants = DynamicPartitionsDefinition(name="io_ch_merchants")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("io_ch_merchants", ["m-1", "m-2"])
+    state = {"tag": "v1"}
+    seen: dict[str, list[str]] = {}
+
+    @asset(partitions_def=merchants, metadata={"partition_expr": "shop", "order_by": ["id"]})
+    def merchant_orders(context: AssetExecutionContext) -> pd.DataFrame:
+        return rows("2024-01-01", 2, state["tag"], shop=context.partition_key)
+
+    @asset(partitions_def=merchants, ins={"merchant_orders": AssetIn()})
+    def merchant_summary(context: AssetExecutionContext, merchant_orders: pd.DataFrame) -> None:
+        seen[context.partition_key] = sorted(merchant_orders["tag"].tolist())
+
+    resources = {"io_manager": ClickHouseIOManager(clickhouse_url=clickhouse_dsn, database=DB)}
+    for key in ("m-1", "m-2"):
+        assert materialize([merchant_orders], resources=resources, partition_key=key, instance=instance).success
+    state["tag"] = "v2"
+    assert materialize([merchant_orders, merchant_summary], resources=resources, partition_key="m-1", instance=instance).success
+    assert seen == {"m-1": ["v2", "v2"]}
+    assert tags_by(clickhouse, "merchant_orders", "shop") == {"m-1": (2, ["v2"]), "m-2": (2, ["v1"])}
+
+
+def test_multi_partitions_daily_by_static(clickhouse, clickhouse_dsn):
+    multi = MultiPartitionsDefinition({"day": DAILY, "shop": StaticPartitionsDefinition(["north", "south"])})
+    state = {"tag": "v1"}
+    seen: list[pd.DataFrame] = []
+    meta = {"partition_expr": {"day": "day", "shop": "shop"}, "order_by": ["id"]}
+
+    @asset(partitions_def=multi, metadata=meta)
+    def sales(context: AssetExecutionContext) -> pd.DataFrame:
+        keys = context.partition_key.keys_by_dimension
+        return rows(keys["day"], 2, state["tag"], shop=keys["shop"])
+
+    @asset(partitions_def=multi, ins={"sales": AssetIn()})
+    def sales_check(sales: pa.Table) -> None:
+        seen.append(sales.to_pandas())
+
+    resources = {"io_manager": ClickHouseIOManager(clickhouse_url=clickhouse_dsn, database=DB)}
+    for day, shop in [("2024-01-01", "north"), ("2024-01-01", "south"), ("2024-01-02", "north")]:
+        assert materialize([sales], resources=resources, partition_key=MultiPartitionKey({"day": day, "shop": shop})).success
+    state["tag"] = "v2"
+    key = MultiPartitionKey({"day": "2024-01-01", "shop": "north"})
+    assert materialize([sales, sales_check], resources=resources, partition_key=key).success
+    assert tags_by(clickhouse, "sales", "concat(toString(day), '/', shop)") == {
+        "2024-01-01/north": (2, ["v2"]),
+        "2024-01-01/south": (2, ["v1"]),
+        "2024-01-02/north": (2, ["v1"]),
+    }
+    assert clickhouse.query(
+        f"SELECT partition_key, sorting_key FROM system.tables WHERE database = '{DB}' AND name = 'sales'"
+    ).result_rows == [("(toDate(day), shop)", "toDate(day), shop, id")]
+    [loaded] = seen
+    assert set(loaded["shop"]) == {"north"} and set(loaded["tag"]) == {"v2"} and len(loaded) == 2
+    assert_no_mutations(clickhouse)
+
+
+# --- existing tables and guards ----------------------------------------------------------------
+
+
+def test_migrated_table_is_used_as_is(clickhouse, settings):
+    """warehouse/unified_items lands in the migrated kingtavo.unified_items (default config)."""
+    iom = ClickHouseIOManager().create_io_manager(build_init_resource_context())
+    day = dt.date(2024, 1, 1)
+    frame = pd.DataFrame(
+        {
+            "source_type": "csv",
+            "source_name": "shop",
+            "external_id": ["a", "b"],
+            "title": ["A", "B"],
+            "metadata": "{}",
+            "partition_date": day,
+            "updated_at": pd.Timestamp("2024-01-01T10:00", tz="UTC"),
+        }
+    )
+    meta = {"partition_expr": "partition_date"}
+    out = write(iom, ["warehouse", "unified_items"], frame, partition_key="2024-01-01", pdef=DAILY, metadata=meta)
+    assert out["dagster/table_name"] == f"{settings.clickhouse_database}.unified_items"
+    assert out["dagster/row_count"] == 2
+    db = settings.clickhouse_database
+    assert clickhouse.query(f"SELECT partition_key FROM system.tables WHERE database = '{db}' AND name = 'unified_items'").result_rows == [
+        ("partition_date",)
+    ]
+    assert clickhouse.query(f"SELECT external_id, description FROM {db}.unified_items FINAL ORDER BY 1").result_rows == [
+        ("a", None),
+        ("b", None),
+    ]
+    assert_no_mutations(clickhouse, db)
+
+
+def test_coarser_partition_by_is_refused(iom, clickhouse):
+    clickhouse.command(f"CREATE DATABASE IF NOT EXISTS {DB}")
+    clickhouse.command(
+        f"""CREATE TABLE {DB}.monthly (day Date, shop String, id Int64, value Float64, tag String,
+                updated_at DateTime64(6, 'UTC'), _version UInt64)
+            ENGINE = ReplacingMergeTree(_version) PARTITION BY toYYYYMM(day) ORDER BY (shop, id)"""
+    )
+    write(iom, ["monthly"], rows("2024-01-01", 3), partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META)
+    with pytest.raises(PartitionLayoutError, match=r"partitioned more coarsely \(PARTITION BY toYYYYMM\(day\)\)"):
+        write(iom, ["monthly"], rows("2024-01-02", 2), partition_key="2024-01-02", pdef=DAILY, metadata=DAY_META)
+    assert tags_by(clickhouse, "monthly") == {"2024-01-01": (3, ["v1"])}
+    assert no_stage_tables(clickhouse)
+
+
+def test_rows_outside_the_slice_are_refused(iom, clickhouse):
+    write(iom, ["events"], rows("2024-01-02", 2), partition_key="2024-01-02", pdef=DAILY, metadata=DAY_META)
+    strays = pd.concat([rows("2024-01-01", 2), rows("2024-01-02", 1, "stray")], ignore_index=True)
+    with pytest.raises(ValueError, match="1 of 3 rows .* lie outside the partition"):
+        write(iom, ["events"], strays, partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META)
+    assert tags_by(clickhouse, "events") == {"2024-01-02": (2, ["v1"])}
+    assert no_stage_tables(clickhouse)
+
+
+def test_new_table_needs_order_by_and_known_columns(iom, clickhouse):
+    with pytest.raises(ValueError, match="order_by"):
+        write(iom, ["unordered"], rows("2024-01-01", 1), partition_key="2024-01-01", pdef=DAILY, metadata={"partition_expr": "day"})
+    write(iom, ["events"], rows("2024-01-01", 1), partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META)
+    with pytest.raises(ValueError, match=r"no column\(s\) \['surprise'\]"):
+        write(iom, ["events"], rows("2024-01-01", 1).assign(surprise=1), partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META)
+
+
+def test_hourly_partitions_get_hourly_ch_partitions(iom, clickhouse):
+    from dagster import HourlyPartitionsDefinition
+
+    hourly = HourlyPartitionsDefinition(start_date="2024-01-01-00:00")
+    meta = {"partition_expr": "at", "order_by": ["n"]}
+
+    def hour(h: int, n: int) -> pd.DataFrame:
+        return pd.DataFrame({"at": [pd.Timestamp(f"2024-01-01T{h:02d}:15", tz="UTC")] * n, "n": range(n)})
+
+    write(iom, ["hits"], hour(1, 2), partition_key="2024-01-01-01:00", pdef=hourly, metadata=meta)
+    write(iom, ["hits"], hour(2, 3), partition_key="2024-01-01-02:00", pdef=hourly, metadata=meta)
+    write(iom, ["hits"], hour(1, 1), partition_key="2024-01-01-01:00", pdef=hourly, metadata=meta)
+    assert clickhouse.query(f"SELECT toHour(at), count() FROM {DB}.hits FINAL GROUP BY 1 ORDER BY 1").result_rows == [(1, 1), (2, 3)]
