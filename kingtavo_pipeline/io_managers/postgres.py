@@ -61,7 +61,6 @@ from kingtavo_pipeline.storage.postgres import (
     get_store,
     qualified,
     to_arrow,
-    utc_text_timestamps,
 )
 from kingtavo_pipeline.storage.upsert import upsert
 
@@ -234,34 +233,6 @@ def postgres_type(arrow_type: pa.DataType) -> str:
 
 def _is_string_view(t: pa.DataType) -> bool:
     return getattr(pa.types, "is_string_view", lambda _t: False)(t)
-
-
-_DURATION_UNITS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "microseconds"}
-
-
-def _copy_ready(arrow: pa.Table) -> pa.Table:
-    """Pre-convert the Arrow types ``copy_arrow``'s CSV does not render as PostgreSQL input (binary,
-    durations, nulls) or renders slowly (zoned timestamps: see :func:`utc_text_timestamps`)."""
-    arrow = utc_text_timestamps(arrow)
-    changed = False
-    columns = []
-    for field, column in zip(arrow.schema, arrow.columns):
-        t = field.type
-        if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-            column = pa.array([None if v is None else "\\x" + v.hex() for v in column.to_pylist()], pa.string())
-            changed = True
-        elif pa.types.is_duration(t):
-            if t.unit == "ns":
-                column = pc.cast(column, pa.duration("us"), safe=False)
-            column = pc.binary_join_element_wise(
-                pc.cast(pc.cast(column, pa.int64()), pa.string()), " " + _DURATION_UNITS[t.unit], ""
-            )
-            changed = True
-        elif pa.types.is_null(t):
-            column = pa.nulls(len(column), pa.string())
-            changed = True
-        columns.append(column)
-    return pa.table(columns, names=arrow.column_names) if changed else arrow
 
 
 def _read_spec(name: str, pg_type: str) -> tuple[sql.Composable, pa.DataType, str | None]:
@@ -471,7 +442,7 @@ def write_arrow(
 
     result_metadata: dict[str, Any] = {"write_mode": mode}
     if mode == WRITE_MODE_UPSERT:
-        result = upsert(conn, name, _copy_ready(arrow), keys, version_column=version_column)
+        result = upsert(conn, name, arrow, keys, version_column=version_column)
         result_metadata.update(
             {"rows_inserted": result.inserted, "rows_updated": result.updated, "rows_unchanged": result.unchanged}
         )
@@ -484,7 +455,7 @@ def write_arrow(
                 "re-run's delete and be duplicated; filter them out or fix partition_expr."
             )
         if arrow.num_rows:
-            copy_arrow(conn, _target(table_slice), _copy_ready(arrow), arrow.column_names)
+            copy_arrow(conn, _target(table_slice), arrow, arrow.column_names)
 
     (row_count,) = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_target(table_slice))).fetchone()
     result_metadata["dagster/row_count"] = row_count

@@ -169,13 +169,33 @@ def qualified(table: str, schema: str | None = None) -> sql.Composable:
 
 
 def _csv_ready(batch: pa.RecordBatch | pa.Table) -> pa.Table:
-    """Make an Arrow batch writable as PostgreSQL CSV: microsecond timestamps, JSON for nested values."""
+    """Make an Arrow batch writable as PostgreSQL CSV: microsecond timestamps, JSON for nested values.
+
+    Zoned timestamps become ``YYYY-MM-DD HH:MM:SS[.ffffff]+00`` text: pyarrow's CSV writer formats
+    them ~15x slower than naive ones (a time-zone lookup per value), over half the client-side
+    cost of a COPY. The text names the same instant in UTC, so it loads into ``timestamptz``
+    whatever the session's TimeZone. Nanoseconds are truncated to PostgreSQL's microseconds.
+    """
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     columns = []
     for field, column in zip(table.schema, table.columns):
         t = field.type
-        if pa.types.is_timestamp(t) and t.unit == "ns":
-            column = pc.cast(column, pa.timestamp("us", t.tz), safe=False)
+        if pa.types.is_timestamp(t):
+            unit = "us" if t.unit == "ns" else t.unit
+            if t.tz is not None:
+                naive = pc.cast(column, pa.timestamp(unit), safe=False)
+                column = pc.binary_join_element_wise(pc.cast(naive, pa.string()), "+00", "")
+            elif t.unit == "ns":
+                column = pc.cast(column, pa.timestamp("us"), safe=False)
+        elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+            column = pa.array([None if v is None else "\\x" + v.hex() for v in column.to_pylist()], pa.string())
+        elif pa.types.is_duration(t):
+            if t.unit == "ns":
+                column = pc.cast(column, pa.duration("us"), safe=False)
+            unit = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "microseconds"}[t.unit]
+            column = pc.binary_join_element_wise(pc.cast(pc.cast(column, pa.int64()), pa.string()), " " + unit, "")
+        elif pa.types.is_null(t):
+            column = pa.nulls(len(column), pa.string())
         elif pa.types.is_nested(t) or pa.types.is_dictionary(t):
             if pa.types.is_dictionary(t):
                 column = pc.cast(column, t.value_type)
@@ -215,23 +235,3 @@ def to_arrow(obj: pd.DataFrame | pa.Table) -> pa.Table:
         return obj
     return pa.Table.from_pandas(obj, preserve_index=False)
 
-
-def utc_text_timestamps(table: pa.Table) -> pa.Table:
-    """Zoned timestamp columns as ``YYYY-MM-DD HH:MM:SS[.ffffff]+00`` text, ready for CSV COPY.
-
-    pyarrow's CSV writer formats zoned timestamps some 15x slower than naive ones (a time-zone
-    lookup per value): for a table with two such columns that is over half the client-side cost
-    of a COPY. The text names the same instant explicitly in UTC, so it loads into ``timestamptz``
-    whatever the session's TimeZone (into ``timestamp`` it gives the UTC wall time, as before).
-    Nanoseconds are truncated to microseconds, PostgreSQL's resolution, as :func:`_csv_ready` does.
-    """
-    columns, changed = [], False
-    for field, column in zip(table.schema, table.columns):
-        t = field.type
-        if pa.types.is_timestamp(t) and t.tz is not None:
-            unit = "us" if t.unit == "ns" else t.unit
-            naive = pc.cast(column, pa.timestamp(unit), safe=False)
-            column = pc.binary_join_element_wise(pc.cast(naive, pa.string()), "+00", "")
-            changed = True
-        columns.append(column)
-    return pa.table(columns, names=table.column_names) if changed else table
