@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from kingtavo_pipeline.storage.clickhouse import connect_clickhouse
+from kingtavo_pipeline.storage.clickhouse import CLICKHOUSE_POOL, connect_clickhouse
 
 pytestmark = pytest.mark.slow
 
@@ -77,9 +77,10 @@ def test_two_runs_started_together_both_succeed(store, postgres_url, tmp_path):
         KINGTAVO_HOME=str(tmp_path / "home"),
         DAGSTER_HOME=str(dagster_home),
     )
-    # Create the instance's storage once, as a deployment does before it runs anything.
-    with dg.DagsterInstance.from_config(str(dagster_home)):
-        pass
+    # Create the instance's storage once and fix the pool's limit, as a deployment does before it
+    # runs anything (`dagster instance concurrency set clickhouse 1`).
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        instance.event_log_storage.set_concurrency_slots(CLICKHOUSE_POOL, 1)
     outputs: dict[str, subprocess.CompletedProcess] = {}
 
     def materialize(day: str) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
+import time
 import os
 from pathlib import Path
 
@@ -79,3 +82,33 @@ def test_settings_defaults(monkeypatch, tmp_path):
     assert settings.clickhouse_database == "kingtavo"
     monkeypatch.setenv("KINGTAVO_CLICKHOUSE_URL", "https://ch.example:8443")
     assert not Settings().embedded_clickhouse
+
+
+HOLD_CHDB = """
+import sys, time
+from kingtavo_pipeline.storage.clickhouse import connect_clickhouse
+client = connect_clickhouse(sys.argv[1], "kingtavo")
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+client.close()
+time.sleep(30)
+"""
+
+
+def test_chdb_path_held_by_another_process_is_waited_for(tmp_path):
+    dsn = f"chdb://{tmp_path / 'ch'}"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CHDB, dsn, "4"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreUnavailableError) as err:
+            connect_clickhouse(dsn, "kingtavo", busy_timeout=0)
+        assert str(tmp_path / "ch") in str(err.value) and "one process at a time" in str(err.value)
+        started = time.monotonic()
+        client = connect_clickhouse(dsn, "kingtavo", busy_timeout=120)
+        try:
+            assert client.query("SELECT 1").result_rows == [(1,)]
+        finally:
+            client.close()
+        assert time.monotonic() - started > 1  # it really waited for the holder to close
+    finally:
+        holder.kill()

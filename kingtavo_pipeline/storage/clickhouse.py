@@ -8,6 +8,7 @@ the ``clickhouse`` concurrency pool, limited to 1 in embedded mode (see ``dagste
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from kingtavo_pipeline.storage.errors import StoreUnavailableError, redact_url
 log = logging.getLogger(__name__)
 
 CLICKHOUSE_POOL = "clickhouse"
+CHDB_BUSY_TIMEOUT_S = 600.0
 
 
 def _chdb_path(dsn: str) -> Path | None:
@@ -30,8 +32,20 @@ def _chdb_path(dsn: str) -> Path | None:
     return Path(rest.split("?", 1)[0]) if rest and rest not in ("memory", ":memory:") else None
 
 
-def connect_clickhouse(dsn: str, database: str) -> Client:
-    """A client on ``database`` (created if missing). Caller closes it."""
+def _open(dsn: str, database: str) -> Client:
+    client = clickhouse_connect.get_client(dsn=dsn)
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    client.database = database
+    return client
+
+
+def connect_clickhouse(dsn: str, database: str, *, busy_timeout: float = CHDB_BUSY_TIMEOUT_S) -> Client:
+    """A client on ``database`` (created if missing). Caller closes it.
+
+    A chDB path held by another process is waited for (up to ``busy_timeout`` seconds) rather than
+    failed: the ``clickhouse`` pool already serialises warehouse steps, and this covers what the
+    pool cannot see (a second Dagster instance, a notebook, the first slot claims of a new instance).
+    """
     path = _chdb_path(dsn)
     if path is not None:
         where = f"the chDB data path {path}"
@@ -42,16 +56,22 @@ def connect_clickhouse(dsn: str, database: str) -> Client:
     else:
         where = f"ClickHouse at {redact_url(dsn)}"
         hint = "check KINGTAVO_CLICKHOUSE_URL and the server's log"
-    try:
-        if path is not None:
-            path.mkdir(parents=True, exist_ok=True)
-        client = clickhouse_connect.get_client(dsn=dsn)
-        client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-        client.database = database
-    except Exception as exc:  # noqa: BLE001 - one clear error instead of driver internals
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise StoreUnavailableError(f"cannot open {where}: {first}. {hint}") from exc
-    return client
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.2
+    while True:
+        try:
+            if path is not None:
+                path.mkdir(parents=True, exist_ok=True)
+            return _open(dsn, database)
+        except Exception as exc:  # noqa: BLE001 - one clear error instead of driver internals
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            busy = path is not None and "EmbeddedServer" in str(exc)
+            if busy and time.monotonic() < deadline:
+                log.info("chDB path %s is busy in another process; retrying in %.1fs", path, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            raise StoreUnavailableError(f"cannot open {where}: {first}. {hint}") from exc
 
 
 @contextmanager
