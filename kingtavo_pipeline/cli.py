@@ -105,11 +105,17 @@ def demo(start: str, end: str) -> None:
     click.echo(f"\nRun {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
     click.echo(
         "Open the Dagster UI on this data:\n"
-        f"  DAGSTER_HOME={dagster_home} KINGTAVO_HOME={settings.home_path} dagster dev\n"
+        f"  DAGSTER_HOME={dagster_home} KINGTAVO_HOME={settings.home_path} {_dagster_command()} dev\n"
         "  then browse http://127.0.0.1:3000 (Assets, Runs, Checks)."
     )
     if not result.success or not all(passed for *_, passed in checks):
         sys.exit(1)
+
+
+def _dagster_command() -> str:
+    """``dagster`` beside this interpreter, so the hint works without an activated venv."""
+    candidate = Path(sys.executable).parent / "dagster"
+    return str(candidate) if candidate.exists() else "dagster"
 
 
 def _print_summary(settings: Settings, store, start: str, end: str, checks) -> None:
