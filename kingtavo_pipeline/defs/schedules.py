@@ -2,13 +2,10 @@
 
 import dagster as dg
 
-from kingtavo_pipeline.defs.partitions import daily_partitions
-
 unified_items_job = dg.define_asset_job(
     name="unified_items_job",
     selection=dg.AssetSelection.key_prefixes(["raw", "csv"], ["raw", "rss"])
     | dg.AssetSelection.assets(["core", "unified_items"], ["warehouse", "unified_items"]),
-    partitions_def=daily_partitions,
     description="Land CSV and feed sources, map them into core unified_items and copy them to the warehouse.",
 )
 

@@ -52,7 +52,7 @@ def core_unified_items(context: dg.AssetExecutionContext, postgres: PostgresReso
     start, end = utc_window(context)
     store = postgres.store()
     loaded = inserted = updated = rejected = 0
-    with etl_run(store, run_id=context.run_id, asset_key="core/unified_items",
+    with etl_run(store, run_id=context.run.run_id, asset_key="core/unified_items",
                  partition_key=partition_label(context)) as counts:
         with store.transaction() as conn:
             for source in SOURCES.all():
@@ -71,7 +71,7 @@ def core_unified_items(context: dg.AssetExecutionContext, postgres: PostgresReso
                         written = upsert(conn, "unified_items", result.valid, UNIFIED_KEY)
                         entity = str(raw["entity"].iloc[0])
                         record_dead_letters(conn, result.rejects, stage="map", source_type=source_type,
-                                            source_name=source_name, entity=entity, run_id=context.run_id)
+                                            source_name=source_name, entity=entity, run_id=context.run.run_id)
                         conn.execute("UPDATE raw_data SET processed_at = now() WHERE id = ANY(%s)",
                                      (raw["raw_data_id"].tolist(),))
                         loaded += len(result.valid)

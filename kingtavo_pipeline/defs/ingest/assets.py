@@ -42,7 +42,7 @@ def land_source(
     start, end = utc_window(context)
     store = postgres.store()
     new_rows = in_window_rows = rejected = 0
-    with etl_run(store, run_id=context.run_id, asset_key=context.asset_key.to_user_string(),
+    with etl_run(store, run_id=context.run.run_id, asset_key=context.asset_key.to_user_string(),
                  partition_key=partition_label(context)) as counts:
         for frame in batches:
             counts.extracted += len(frame)
@@ -65,9 +65,9 @@ def land_source(
             )
             with store.transaction() as conn:
                 landed = land_raw(conn, batch, source_type=source_type, source_name=source.name,
-                                  entity=source.entity, run_id=context.run_id)
+                                  entity=source.entity, run_id=context.run.run_id)
                 record_dead_letters(conn, rejects, stage="extract", source_type=source_type,
-                                    source_name=source.name, entity=source.entity, run_id=context.run_id)
+                                    source_name=source.name, entity=source.entity, run_id=context.run.run_id)
             new_rows += landed.inserted
             in_window_rows += len(batch)
             rejected += len(rejects)

@@ -60,7 +60,7 @@ def to_warehouse_rows(core: pd.DataFrame) -> pa.Table:
 def warehouse_unified_items(
     context: dg.AssetExecutionContext, core_unified_items: pd.DataFrame, postgres: PostgresResource
 ):
-    with etl_run(postgres.store(), run_id=context.run_id, asset_key="warehouse/unified_items",
+    with etl_run(postgres.store(), run_id=context.run.run_id, asset_key="warehouse/unified_items",
                  partition_key=partition_label(context)) as counts:
         rows = to_warehouse_rows(core_unified_items)
         counts.extracted = len(core_unified_items)
