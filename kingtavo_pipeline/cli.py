@@ -112,6 +112,47 @@ def demo(start: str, end: str) -> None:
         sys.exit(1)
 
 
+def _print_dead_letters(store) -> None:
+    dead = store.fetch_all(
+        "SELECT stage, source_name, error_type, count(*), sum(attempts) FROM dead_letters WHERE status = 'open' "
+        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    )
+    click.echo("Open dead letters (stage, source, error, records, attempts):" + ("" if dead else " none"))
+    for stage, source, error_type, count, attempts in dead:
+        click.echo(f"  {stage:<8} {source:<20} {error_type:<24} {count:>6} {attempts:>8}")
+
+
+@main.command()
+def status() -> None:
+    """Last run of every asset, source high-water marks and open dead letters (PostgreSQL only)."""
+    from kingtavo_pipeline.storage.postgres import get_store
+
+    try:
+        store = get_store(Settings())
+    except StoreUnavailableError as exc:
+        raise click.ClickException(str(exc)) from exc
+    runs = store.fetch_all(
+        """SELECT DISTINCT ON (asset_key) asset_key, partition_key, status, finished_at, records_extracted,
+                  records_loaded, records_failed, error_message
+           FROM etl_runs ORDER BY asset_key, started_at DESC"""
+    )
+    click.echo("Last run per asset (partition, status, finished, extracted/loaded/failed):" + ("" if runs else " none"))
+    for asset, partition, state, finished, extracted, loaded, failed, error in runs:
+        when = finished.strftime("%Y-%m-%d %H:%M:%SZ") if finished else "-"
+        click.echo(f"  {asset:<26} {partition or '-':<24} {state:<8} {when:<21} {extracted}/{loaded}/{failed}")
+        if error:
+            click.echo(f"      error: {error[:200]}")
+    marks = store.fetch_all(
+        "SELECT source_type, source_name, checkpoint_value, last_success_at, total_records_processed "
+        "FROM etl_checkpoints ORDER BY 1, 2"
+    )
+    click.echo("Source high-water marks (last record time, last success, records):" + ("" if marks else " none"))
+    for source_type, name, value, success, total in marks:
+        when = success.strftime("%Y-%m-%d %H:%M:%SZ") if success else "-"
+        click.echo(f"  {source_type}/{name:<22} {value or '-':<27} {when:<21} {total}")
+    _print_dead_letters(store)
+
+
 def _dagster_command() -> str:
     """``dagster`` beside this interpreter, so the hint works without an activated venv."""
     candidate = Path(sys.executable).parent / "dagster"
@@ -131,12 +172,7 @@ def _print_summary(settings: Settings, store, start: str, end: str, checks) -> N
         ).result_rows
     click.echo("Rows in ClickHouse:")
     click.echo(f"  {'unified_items':<16} {rows:>8}   " + ", ".join(f"{d}: {n}" for d, n in per_day))
-    dead = store.fetch_all(
-        "SELECT stage, source_name, error_type, count(*) FROM dead_letters GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-    )
-    click.echo("Dead letters:" + ("" if dead else " none"))
-    for stage, source, error_type, count in dead:
-        click.echo(f"  {stage:<8} {source:<20} {error_type:<24} {count:>4}")
+    _print_dead_letters(store)
     click.echo("Asset checks:" + ("" if checks else " none ran"))
     for asset, name, passed in checks:
         click.echo(f"  {'PASS' if passed else 'FAIL'}  {asset} {name}")

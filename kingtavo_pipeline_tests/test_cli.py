@@ -43,6 +43,14 @@ def test_demo_runs_on_fully_embedded_defaults(tmp_path):
     assert "dagster dev" in text
     home = tmp_path / ".kingtavo"
     assert (home / "postgres" / "PG_VERSION").exists()
+
+    status = subprocess.run(
+        [str(BIN / "kingtavo"), "status"], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=300
+    )
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"core/unified_items\s+2024-11-01\.\.\.2024-11-03\s+success .* 66/64/2", status.stdout), status.stdout
+    assert re.search(r"csv/shop_orders\s+2024-11-03T", status.stdout), status.stdout
+    assert re.search(r"shop_orders\s+invalid_type\s+1\s+1", status.stdout), status.stdout
     assert (home / "clickhouse").is_dir()
     assert (home / "dagster" / "dagster.yaml").exists()
 

@@ -50,6 +50,10 @@ def test_sample_graph_loads_everything_once(store, clickhouse):
     assert ("core/unified_items", "success", SAMPLE_RAW_ROWS - SAMPLE_BAD_ROWS, SAMPLE_BAD_ROWS) in runs
     assert store.fetch_value("SELECT count(*) FROM raw_data WHERE processed_at IS NULL") == 0
 
+    checkpoints = dict(store.fetch_all("SELECT source_name, checkpoint_value FROM etl_checkpoints"))
+    assert set(checkpoints) == {"shop_orders", "suppliers", "catalog", "tech_news", "release_notes"}
+    assert all(v.startswith("2024-11-03") for v in checkpoints.values()), checkpoints
+
     evaluations = {(e.asset_check_key.name, e.passed) for e in result.get_asset_check_evaluations()}
     assert evaluations == {("keys_present_and_unique", True), ("row_count_matches_core", True)}
 
@@ -61,8 +65,11 @@ def test_rerunning_partitions_is_idempotent(store, clickhouse):
     assert table_counts(store, clickhouse) == first
     # the same bad records failing again are counted as attempts, not new rows
     assert store.fetch_all("SELECT DISTINCT attempts FROM dead_letters") == [(2,)]
+    marks = store.fetch_all("SELECT source_name, checkpoint_value FROM etl_checkpoints ORDER BY 1")
     run_unified_job("2024-11-02", "2024-11-02")
     assert table_counts(store, clickhouse) == first
+    # re-running an older day does not pull the high-water marks back
+    assert store.fetch_all("SELECT source_name, checkpoint_value FROM etl_checkpoints ORDER BY 1") == marks
 
 
 def test_failed_core_load_rolls_back_everything(store, clickhouse, monkeypatch):

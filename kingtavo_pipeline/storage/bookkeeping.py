@@ -11,6 +11,7 @@ from datetime import date
 
 import pandas as pd
 import psycopg
+from psycopg import sql
 
 from kingtavo_pipeline.storage.postgres import PostgresStore
 from kingtavo_pipeline.storage.upsert import UpsertResult, upsert
@@ -82,16 +83,30 @@ def get_checkpoint(conn: psycopg.Connection, source_type: str, source_name: str,
 
 
 def set_checkpoint(
-    conn: psycopg.Connection, source_type: str, source_name: str, entity: str, value: str, records: int
+    conn: psycopg.Connection,
+    source_type: str,
+    source_name: str,
+    entity: str,
+    value: str,
+    records: int,
+    *,
+    monotonic: bool = False,
 ) -> None:
-    """Move a checkpoint. Call it in the same transaction as the data it covers, so it never runs ahead."""
+    """Move a checkpoint. Call it in the same transaction as the data it covers, so it never runs ahead.
+
+    ``monotonic`` keeps the greater of the stored and the new value (ISO timestamps compare as
+    text), so a backfill of old partitions does not pull a high-water mark back.
+    """
+    new_value = sql.SQL("GREATEST(c.checkpoint_value, EXCLUDED.checkpoint_value)" if monotonic else "EXCLUDED.checkpoint_value")
     conn.execute(
-        """INSERT INTO etl_checkpoints AS c (source_type, source_name, entity, checkpoint_value, status,
-                                             last_run_at, last_success_at, total_records_processed)
-           VALUES (%s, %s, %s, %s, 'ok', now(), now(), %s)
-           ON CONFLICT (source_type, source_name, entity) DO UPDATE SET
-               checkpoint_value = EXCLUDED.checkpoint_value, status = 'ok', last_run_at = now(),
-               last_success_at = now(), total_records_processed = c.total_records_processed + EXCLUDED.total_records_processed""",
+        sql.SQL(
+            """INSERT INTO etl_checkpoints AS c (source_type, source_name, entity, checkpoint_value, status,
+                                                 last_run_at, last_success_at, total_records_processed)
+               VALUES (%s, %s, %s, %s, 'ok', now(), now(), %s)
+               ON CONFLICT (source_type, source_name, entity) DO UPDATE SET
+                   checkpoint_value = {}, status = 'ok', last_run_at = now(), last_success_at = now(),
+                   total_records_processed = c.total_records_processed + EXCLUDED.total_records_processed"""
+        ).format(new_value),
         (source_type, source_name, entity, value, records),
     )
 

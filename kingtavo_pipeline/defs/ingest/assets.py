@@ -16,7 +16,7 @@ from kingtavo_pipeline.settings import Settings
 from kingtavo_pipeline.sources.config import CsvSource, RssSource, SourcesConfig, default_sources_path, load_sources
 from kingtavo_pipeline.sources.csv_source import iter_raw_batches
 from kingtavo_pipeline.sources.rss_source import read_feed
-from kingtavo_pipeline.storage.bookkeeping import etl_run, land_raw, record_dead_letters
+from kingtavo_pipeline.storage.bookkeeping import etl_run, land_raw, record_dead_letters, set_checkpoint
 
 OWNER = "team:data-integrations"
 
@@ -68,6 +68,10 @@ def land_source(
                                   entity=source.entity, run_id=context.run.run_id)
                 record_dead_letters(conn, rejects, stage="extract", source_type=source_type,
                                     source_name=source.name, entity=source.entity, run_id=context.run.run_id)
+                if len(batch):
+                    # the source's high-water mark moves with the rows it covers, in their transaction
+                    set_checkpoint(conn, source_type, source.name, source.entity,
+                                   occurred[keep].max().isoformat(), len(batch), monotonic=True)
             new_rows += landed.inserted
             in_window_rows += len(batch)
             rejected += len(rejects)
