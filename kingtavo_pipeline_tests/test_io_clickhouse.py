@@ -1,7 +1,6 @@
 """ClickHouseIOManager against chDB (the real ClickHouse engine, in-process, from the conftest)."""
 
 import datetime as dt
-from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -10,92 +9,29 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     DagsterInstance,
-    DailyPartitionsDefinition,
     DynamicPartitionsDefinition,
     MultiPartitionKey,
     MultiPartitionsDefinition,
     PartitionKeyRange,
-    PythonObjectDagsterType,
     StaticPartitionsDefinition,
     asset,
     build_init_resource_context,
-    build_input_context,
-    build_output_context,
     materialize,
 )
 
+from kingtavo_pipeline_tests.io_helpers import DAILY, SHOPS, load, rows, write
 from kingtavo_pipeline.io_managers import ClickHouseIOManager, PartitionLayoutError
 
 DB = "io_test"
-DAILY = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-02-01")
-SHOPS = StaticPartitionsDefinition(["north", "o'brien", "south"])
 DAY_META = {"partition_expr": "day", "order_by": ["shop", "id"]}
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def rows(day: str, n: int, tag: str = "v1", shop: str | None = None) -> pd.DataFrame:
-    d = dt.date.fromisoformat(day)
-    return pd.DataFrame(
-        {
-            "day": [d] * n,
-            "shop": [shop or "north"] * n,
-            "id": list(range(n)),
-            "value": [float(i) / 2 for i in range(n)],
-            "tag": [tag] * n,
-            "updated_at": [pd.Timestamp(d, tz="UTC") + pd.Timedelta(hours=i) for i in range(n)],
-        }
-    )
-
-
 @pytest.fixture
 def iom(clickhouse, clickhouse_dsn):
     return ClickHouseIOManager(clickhouse_url=clickhouse_dsn, database=DB).create_io_manager(build_init_resource_context())
-
-
-@pytest.fixture(scope="module")
-def instance():
-    """One ephemeral instance for the contexts built here (building one per context is slow)."""
-    with DagsterInstance.ephemeral() as instance:
-        yield instance
-
-
-@pytest.fixture(autouse=True)
-def _shared_instance(instance):
-    global _INSTANCE
-    _INSTANCE = instance
-
-
-_INSTANCE: DagsterInstance | None = None
-
-
-def write(iom, key, obj, *, partition_key=None, key_range=None, pdef=None, metadata=None) -> dict[str, Any]:
-    context = build_output_context(
-        instance=_INSTANCE,
-        asset_key=key,
-        partition_key=partition_key,
-        asset_partition_key_range=key_range,
-        asset_partitions_def=pdef,
-        definition_metadata=metadata or {},
-    )
-    iom.handle_output(context, obj)
-    return {k: getattr(v, "value", v) for k, v in context.get_logged_metadata().items()}
-
-
-def load(iom, key, typ=pd.DataFrame, *, partition_key=None, key_range=None, pdef=None, metadata=None, columns=None):
-    upstream = build_output_context(asset_key=key, definition_metadata=metadata or {}, instance=_INSTANCE)
-    context = build_input_context(
-        instance=_INSTANCE,
-        asset_key=key,
-        partition_key=partition_key,
-        asset_partition_key_range=key_range,
-        asset_partitions_def=pdef,
-        upstream_output=upstream,
-        definition_metadata={"columns": columns} if columns else None,
-        dagster_type=PythonObjectDagsterType(typ),
-    )
-    return iom.load_input(context)
 
 
 def tags_by(clickhouse, table: str, column: str = "toString(day)") -> dict[str, tuple[int, list[str]]]:
