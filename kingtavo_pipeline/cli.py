@@ -14,7 +14,11 @@ from kingtavo_pipeline.storage.errors import StoreUnavailableError, redact_url
 
 SAMPLE_FIRST_DAY = "2024-11-01"
 SAMPLE_LAST_DAY = "2024-11-03"
-REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+# The repo's dagster.yaml in a checkout; a wheel carries a copy inside the package.
+_PACKAGED_DAGSTER_YAML = Path(__file__).resolve().parent / "dagster.yaml"
+REPO_DAGSTER_YAML = (
+    _PACKAGED_DAGSTER_YAML if _PACKAGED_DAGSTER_YAML.exists() else Path(__file__).resolve().parents[1] / "dagster.yaml"
+)
 
 
 @click.group()
