@@ -7,7 +7,6 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
 
 import pandas as pd
 import psycopg
@@ -200,6 +199,3 @@ def record_dead_letters(
     )
     return len(frame)
 
-
-def partition_dates(start: date, end_exclusive: date) -> list[date]:
-    return [d.date() for d in pd.date_range(start, end_exclusive, inclusive="left", freq="D")]

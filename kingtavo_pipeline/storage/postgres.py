@@ -113,20 +113,6 @@ class PostgresStore:
             with sa_conn.begin():
                 yield sa_conn.connection.driver_connection
 
-    @contextmanager
-    def sqlalchemy(self) -> Iterator[sa.Connection]:
-        try:
-            conn = self.engine.connect()
-        except sa.exc.OperationalError as exc:
-            raise self._unavailable(exc) from exc
-        with conn:
-            yield conn
-
-    def read_frame(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> pd.DataFrame:
-        """Run a query (psycopg ``%(name)s`` placeholders) and return a DataFrame."""
-        with self.sqlalchemy() as conn:
-            return pd.read_sql(query, conn, params=params)
-
     def fetch_all(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> list[tuple]:
         with self.transaction() as conn:
             return conn.execute(query, params).fetchall()

@@ -51,7 +51,7 @@ ORDER BY source_name, source_id, extracted_at DESC, id DESC
 def core_unified_items(context: dg.AssetExecutionContext, postgres: PostgresResource):
     start, end = utc_window(context)
     store = postgres.store()
-    loaded = inserted = updated = rejected = 0
+    inserted = updated = 0
     with etl_run(store, run_id=context.run.run_id, asset_key="core/unified_items",
                  partition_key=partition_label(context)) as counts:
         with store.transaction() as conn:
@@ -74,29 +74,26 @@ def core_unified_items(context: dg.AssetExecutionContext, postgres: PostgresReso
                                             source_name=source_name, entity=entity, run_id=context.run.run_id)
                         conn.execute("UPDATE raw_data SET processed_at = now() WHERE id = ANY(%s)",
                                      (raw["raw_data_id"].tolist(),))
-                        loaded += len(result.valid)
+                        counts.loaded += len(result.valid)
+                        counts.failed += len(result.rejects)
                         inserted += written.inserted
                         updated += written.updated
-                        rejected += len(result.rejects)
-        counts.loaded, counts.failed = loaded, rejected
-    if rejected:
-        context.log.warning(f"{rejected} record(s) failed mapping/validation and went to dead_letters")
+    if counts.failed:
+        context.log.warning(f"{counts.failed} record(s) failed mapping/validation and went to dead_letters")
 
+    keys_check = keys_check_result(store, start, end)
     yield dg.MaterializeResult(
         metadata={
             "dagster/table_name": "public.unified_items",
-            "dagster/partition_row_count": dg.MetadataValue.int(
-                store.fetch_value("SELECT count(*) FROM unified_items WHERE partition_date >= %s AND partition_date < %s",
-                                  (start.date(), end.date()))
-            ),
+            "dagster/partition_row_count": keys_check.metadata["row_count"],
             "dagster/row_count": dg.MetadataValue.int(store.fetch_value("SELECT count(*) FROM unified_items")),
-            "records_mapped": dg.MetadataValue.int(loaded),
+            "records_mapped": dg.MetadataValue.int(counts.loaded),
             "records_inserted": dg.MetadataValue.int(inserted),
             "records_updated": dg.MetadataValue.int(updated),
-            "dead_letters": dg.MetadataValue.int(rejected),
+            "dead_letters": dg.MetadataValue.int(counts.failed),
         }
     )
-    yield keys_check_result(store, start, end)
+    yield keys_check
 
 
 def defs() -> dg.Definitions:

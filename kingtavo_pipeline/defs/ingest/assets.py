@@ -41,13 +41,13 @@ def land_source(
 ) -> dg.MaterializeResult:
     start, end = utc_window(context)
     store = postgres.store()
-    new_rows = in_window_rows = rejected = 0
+    new_rows = 0
     with etl_run(store, run_id=context.run.run_id, asset_key=context.asset_key.to_user_string(),
                  partition_key=partition_label(context)) as counts:
         for frame in batches:
             counts.extracted += len(frame)
             occurred = frame["occurred_at"]
-            errors = frame["error"] if "error" in frame else pd.Series(None, index=frame.index, dtype=object)
+            errors = frame["error"]  # set on malformed rows (RAW_COLUMNS)
             malformed = errors.notna()
             undated = occurred.isna() & ~malformed
             keep = ~malformed & ~undated & (occurred >= start) & (occurred < end)
@@ -73,18 +73,17 @@ def land_source(
                     set_checkpoint(conn, source_type, source.name, source.entity,
                                    occurred[keep].max().isoformat(), len(batch), monotonic=True)
             new_rows += landed.inserted
-            in_window_rows += len(batch)
-            rejected += len(rejects)
-        counts.loaded, counts.failed = in_window_rows, rejected
-    if rejected:
-        context.log.warning(f"{rejected} record(s) of {source.name} were malformed or had no usable date; see dead_letters")
+            counts.loaded += len(batch)
+            counts.failed += len(rejects)
+    if counts.failed:
+        context.log.warning(f"{counts.failed} record(s) of {source.name} were malformed or had no usable date; see dead_letters")
     return dg.MaterializeResult(
         metadata={
             "dagster/table_name": "raw_data",
             "records_read": dg.MetadataValue.int(counts.extracted),
-            "dagster/partition_row_count": dg.MetadataValue.int(in_window_rows),
+            "dagster/partition_row_count": dg.MetadataValue.int(counts.loaded),
             "records_new": dg.MetadataValue.int(new_rows),
-            "dead_letters": dg.MetadataValue.int(rejected),
+            "dead_letters": dg.MetadataValue.int(counts.failed),
         }
     )
 
