@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
-from kingtavo_pipeline.settings import Settings
+from kingtavo_pipeline.settings import Settings, SettingsError, settings_error_message
 from kingtavo_pipeline.storage.errors import StoreUnavailableError, redact_url
 
 SAMPLE_FIRST_DAY = "2024-11-01"
@@ -21,7 +22,39 @@ REPO_DAGSTER_YAML = (
 )
 
 
-@click.group()
+def _known_errors() -> tuple[type[Exception], ...]:
+    """Problems the user fixes in configuration or the environment: one line, no traceback."""
+    from kingtavo_pipeline.sources.config import SourceConfigError  # pandas: not at CLI start
+
+    return (StoreUnavailableError, SourceConfigError, SettingsError, ValidationError)
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        if exc.title == Settings.__name__:
+            text = settings_error_message(exc)
+        else:
+            text = f"invalid {exc.title}: " + "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+    else:
+        text = str(exc)
+    return redact_url(" ".join(text.split()))
+
+
+class _KnownErrorsGroup(click.Group):
+    """Every command, including subgroups': known errors become ``Error: <one line>``, exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if isinstance(exc, _known_errors()):
+                raise click.ClickException(_one_line(exc)) from None
+            raise
+
+
+@click.group(cls=_KnownErrorsGroup)
 def main() -> None:
     """Kingtavo pipeline: sync commerce data into PostgreSQL and ClickHouse with Dagster."""
 
@@ -65,11 +98,33 @@ def _prepare_dagster_home(settings: Settings) -> Path:
     return home
 
 
+def _iso_day(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A --start/--end value: an ISO date (YYYY-MM-DD) that is a daily partition."""
+    import datetime as dt
+
+    from kingtavo_pipeline.defs.partitions import FIRST_DAY, daily_partitions
+
+    try:
+        day = dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD") from None
+    if day < dt.date.fromisoformat(FIRST_DAY):
+        raise click.BadParameter(f"{day} is before the first daily partition, {FIRST_DAY}")
+    last = daily_partitions.get_last_partition_key()
+    if last is not None and day > dt.date.fromisoformat(last):
+        raise click.BadParameter(f"{day} is after the last complete day, {last} (UTC)")
+    return day.isoformat()
+
+
 @main.command()
-@click.option("--start", default=SAMPLE_FIRST_DAY, show_default=True, help="First daily partition (UTC).")
-@click.option("--end", default=SAMPLE_LAST_DAY, show_default=True, help="Last daily partition (UTC), inclusive.")
+@click.option("--start", default=SAMPLE_FIRST_DAY, show_default=True, callback=_iso_day,
+              help="First daily partition (UTC), YYYY-MM-DD.")
+@click.option("--end", default=SAMPLE_LAST_DAY, show_default=True, callback=_iso_day,
+              help="Last daily partition (UTC), inclusive, YYYY-MM-DD.")
 def demo(start: str, end: str) -> None:
     """Materialize the whole asset graph for the sample days, then print a summary."""
+    if start > end:
+        raise click.BadParameter(f"--start {start} is after --end {end}", param_hint="'--start'/'--end'")
     import dagster as dg
 
     from kingtavo_pipeline.definitions import defs as load_definitions
@@ -93,26 +148,38 @@ def demo(start: str, end: str) -> None:
     definitions = load_definitions()
     job = definitions.resolve_job_def("unified_items_job")
     click.echo(f"Running unified_items_job over partitions {start}..{end} (Dagster home {dagster_home}) ...")
-    with dg.DagsterInstance.get() as instance:
+    from kingtavo_pipeline.run_health import RunSupervisor
+
+    # The supervisor repairs runs left by dead processes, names who holds a slot a step waits for,
+    # and stops the run cleanly on SIGTERM/SIGINT.
+    with (
+        dg.DagsterInstance.get() as instance,
+        RunSupervisor(instance, store, by="kingtavo demo", echo=click.echo) as supervisor,
+    ):
         result = job.execute_in_process(
             instance=instance,
             # Step-by-step debug events stay in the Dagster UI; the terminal gets warnings and the summary.
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end},
+            tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end,
+                  **supervisor.tags},
             raise_on_error=False,
         )
+        # the raw steps land records of days outside the range too; run those days as the sensor would
+        results = [result, *(_run_late_ranges(instance, definitions, store) if result.success else [])]
         checks = [
             (e.asset_check_key.asset_key.to_user_string(), e.asset_check_key.name, e.passed)
-            for e in result.get_asset_check_evaluations()
+            for r in results
+            for e in r.get_asset_check_evaluations()
         ]
     _print_summary(settings, store, start, end, checks)
-    click.echo(f"\nRun {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
+    for r in results:
+        click.echo(f"\nRun {r.run_id} ({r.job_def.name}): {'SUCCESS' if r.success else 'FAILURE'}")
     click.echo(
         "Open the Dagster UI on this data:\n"
         f"  DAGSTER_HOME={dagster_home} KINGTAVO_HOME={settings.home_path} {_dagster_command()} dev\n"
         "  then browse http://127.0.0.1:3000 (Assets, Runs, Checks)."
     )
-    if not result.success or not all(passed for *_, passed in checks):
+    if not all(r.success for r in results) or not all(passed for *_, passed in checks):
         sys.exit(1)
 
 
@@ -128,13 +195,21 @@ def _print_dead_letters(store) -> None:
 
 @main.command()
 def status() -> None:
-    """Last run of every asset, source high-water marks and open dead letters (PostgreSQL only)."""
+    """Last run of every asset, source high-water marks and open dead letters; first marks failed the
+    runs and etl_runs rows whose process on this host is gone."""
     from kingtavo_pipeline.storage.postgres import get_store
 
     try:
         store = get_store(Settings())
     except StoreUnavailableError as exc:
         raise click.ClickException(str(exc)) from exc
+    from kingtavo_pipeline.run_health import repair_local
+
+    # runs and etl_runs rows left 'running' by a process that is gone: closed before reporting
+    repaired = repair_local(store, Settings(), by="kingtavo status")
+    click.echo("Repaired (process gone, marked failed):" + ("" if repaired else " none"))
+    for line in repaired:
+        click.echo(f"  {line}")
     runs = store.fetch_all(
         """SELECT DISTINCT ON (asset_key) asset_key, partition_key, status, finished_at, records_extracted,
                   records_loaded, records_failed, error_message
@@ -154,6 +229,12 @@ def status() -> None:
     for source_type, name, value, success, total in marks:
         when = success.strftime("%Y-%m-%d %H:%M:%SZ") if success else "-"
         click.echo(f"  {source_type}/{name:<22} {value or '-':<27} {when:<21} {total}")
+    waiting = store.fetch_all(
+        "SELECT partition_date, count(*) FROM raw_data WHERE processed_at IS NULL GROUP BY 1 ORDER BY 1"
+    )
+    click.echo("Landed records waiting for core (late-records sensor, or a run of their day):" + ("" if waiting else " none"))
+    for day, n in waiting:
+        click.echo(f"  {day}  {n}")
     _print_dead_letters(store)
 
 
@@ -180,6 +261,145 @@ def _print_summary(settings: Settings, store, start: str, end: str, checks) -> N
     click.echo("Asset checks:" + ("" if checks else " none ran"))
     for asset, name, passed in checks:
         click.echo(f"  {'PASS' if passed else 'FAIL'}  {asset} {name}")
+
+
+# --- late records and dead letters -------------------------------------------------------------
+
+
+def _run_late_ranges(instance, definitions, store) -> list:
+    """Run ``late_records_job`` in process for every day holding records no core run has taken yet
+    (what the late-records sensor does in a deployment). Returns the run results."""
+    from kingtavo_pipeline.defs.core.sensors import plan, range_tags
+    from kingtavo_pipeline.run_health import process_tags
+
+    ranges, _, held = plan(store, 0, None)
+    job = definitions.resolve_job_def("late_records_job")
+    results = []
+    for late in ranges:
+        click.echo(f"Late records: {late.records} record(s) for {late.start}..{late.end}; running core and warehouse for them")
+        results.append(
+            job.execute_in_process(
+                instance=instance,
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                # the process tags let a later `kingtavo status`/`demo` repair the run if this process dies
+                tags={**range_tags(late.start.isoformat(), late.end.isoformat()), **process_tags()},
+                raise_on_error=False,
+            )
+        )
+    for reason in held:
+        click.echo(f"Late records held back: {reason}")
+    return results
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Records that could not be landed or mapped: list, retry and resolve them."""
+
+
+def _dead_letter_store():
+    from kingtavo_pipeline.storage.postgres import get_store
+
+    try:
+        return get_store(Settings())
+    except StoreUnavailableError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@dead_letters.command("list")
+@click.option("--status", type=click.Choice(["open", "retrying", "resolved", "ignored", "all"]), default="open",
+              show_default=True)
+@click.option("--source", help="Only this source (its name in the sources file).")
+@click.option("--stage", type=click.Choice(["extract", "map"]), help="Only this stage.")
+@click.option("--limit", type=int, default=50, show_default=True)
+def dead_letters_list(status: str, source: str | None, stage: str | None, limit: int) -> None:
+    """List dead letters, newest first."""
+    from kingtavo_pipeline.storage.bookkeeping import list_dead_letters
+
+    store = _dead_letter_store()
+    with store.transaction() as conn:
+        rows = list_dead_letters(conn, status=None if status == "all" else status, source=source, stage=stage,
+                                 limit=limit)
+    if not rows:
+        click.echo("No dead letters match.")
+        return
+    click.echo(f"{'id':>6}  {'status':<9} {'stage':<8} {'source':<20} {'record':<16} {'error':<24} {'tries':>5}  message")
+    for r in rows:
+        click.echo(
+            f"{r['id']:>6}  {r['status']:<9} {r['stage']:<8} {r['source_name']:<20} {str(r['source_id'])[:16]:<16} "
+            f"{r['error_type']:<24} {r['attempts']:>5}  {r['error_message'][:100]}"
+        )
+
+
+@dead_letters.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "all_open", is_flag=True, help="Every open dead letter (narrow with --source/--stage).")
+@click.option("--source", help="Only this source.")
+@click.option("--stage", type=click.Choice(["extract", "map"]), help="Only this stage.")
+@click.option("--run/--no-run", default=True, show_default=True,
+              help="Run the pipeline for them now; --no-run leaves them for the next run or the late-records sensor.")
+def dead_letters_retry(ids: tuple[int, ...], all_open: bool, source: str | None, stage: str | None, run: bool) -> None:
+    """Try open dead letters again: map-stage records are mapped again from their stored observation,
+    extract-stage records are read again from their source. Fixed records resolve; the rest reopen."""
+    import dagster as dg
+
+    from kingtavo_pipeline.run_health import process_tags
+    from kingtavo_pipeline.storage.bookkeeping import list_dead_letters, mark_for_retry
+
+    if not ids and not all_open:
+        raise click.UsageError("name dead letter ids, or pass --all")
+    store = _dead_letter_store()
+    with store.transaction() as conn:
+        marked = mark_for_retry(conn, ids=list(ids) or None, source=source, stage=stage)
+    if not marked:
+        click.echo("No open dead letters match.")
+        return
+    click.echo(f"{len(marked)} dead letter(s) marked for retry.")
+    if not run:
+        click.echo("They will be taken by the next run of their source (extract) or of core (map).")
+        return
+    from kingtavo_pipeline.definitions import defs as load_definitions
+
+    definitions = load_definitions()
+    _prepare_dagster_home(Settings())
+    with dg.DagsterInstance.get() as instance:
+        extract_sources = sorted({(t, n) for _, stage_, t, n in marked if stage_ == "extract"})
+        if extract_sources:
+            from kingtavo_pipeline.defs.partitions import daily_partitions
+
+            day = daily_partitions.get_last_partition_key()
+            keys = [dg.AssetKey(["raw", t, n]) for t, n in extract_sources]
+            click.echo(f"Reading {', '.join(k.to_user_string() for k in keys)} again (partition {day}) ...")
+            job = definitions.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(keys))
+            job.execute_in_process(instance=instance, partition_key=day, raise_on_error=False, tags=process_tags(),
+                                   run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+        _run_late_ranges(instance, definitions, store)
+    with store.transaction() as conn:
+        after = list_dead_letters(conn, ids=[m[0] for m in marked], status=None, limit=len(marked))
+    by_status: dict[str, int] = {}
+    for r in after:
+        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+    click.echo("After the retry: " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
+
+
+@dead_letters.command("resolve")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "all_open", is_flag=True, help="Every open dead letter (narrow with --source/--stage).")
+@click.option("--source", help="Only this source.")
+@click.option("--stage", type=click.Choice(["extract", "map"]), help="Only this stage.")
+@click.option("--ignore", is_flag=True, help="Mark them ignored (never to be loaded) rather than resolved.")
+@click.option("--note", default="", help="Why, kept in the dead letter's resolution.")
+def dead_letters_resolve(ids: tuple[int, ...], all_open: bool, source: str | None, stage: str | None,
+                         ignore: bool, note: str) -> None:
+    """Close dead letters by hand: resolved (dealt with elsewhere) or, with --ignore, ignored."""
+    from kingtavo_pipeline.storage.bookkeeping import close_dead_letters
+
+    if not ids and not all_open:
+        raise click.UsageError("name dead letter ids, or pass --all")
+    store = _dead_letter_store()
+    with store.transaction() as conn:
+        n = close_dead_letters(conn, ids=list(ids) or None, source=source, stage=stage,
+                               status="ignored" if ignore else "resolved", note=note)
+    click.echo(f"{n} dead letter(s) {'ignored' if ignore else 'resolved'}.")
 
 
 if __name__ == "__main__":

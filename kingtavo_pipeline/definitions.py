@@ -16,10 +16,13 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 from kingtavo_pipeline.defs import resources, schedules  # noqa: E402
 from kingtavo_pipeline.defs.core import assets as core  # noqa: E402
+from kingtavo_pipeline.defs.core import sensors as core_sensors  # noqa: E402
 from kingtavo_pipeline.defs.ingest import assets as ingest  # noqa: E402
 from kingtavo_pipeline.defs.warehouse import assets as warehouse  # noqa: E402
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions.merge(resources.defs(), ingest.defs(), core.defs(), warehouse.defs(), schedules.defs())
+    return dg.Definitions.merge(
+        resources.defs(), ingest.defs(), core.defs(), core_sensors.defs(), warehouse.defs(), schedules.defs()
+    )

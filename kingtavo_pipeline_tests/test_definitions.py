@@ -24,7 +24,7 @@ def test_every_asset_is_described_owned_grouped_and_partitioned():
         assert node.partitions_def is not None, key
         assert "partition_expr" in node.metadata, key
     checks = {k.name for k in graph.asset_check_keys}
-    assert {"keys_present_and_unique", "row_count_matches_core"} <= checks
+    assert {"core_reflects_raw", "row_count_matches_core"} <= checks
     assert definitions.resolve_job_def("unified_items_job") is not None
     assert [s.name for s in definitions.schedules] == ["unified_items_job_schedule"]
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import subprocess
 import sys
 import time
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -85,30 +87,43 @@ def test_settings_defaults(monkeypatch, tmp_path):
 
 
 HOLD_CHDB = """
-import sys, time
+import sys
 from kingtavo_pipeline.storage.clickhouse import connect_clickhouse
 client = connect_clickhouse(sys.argv[1], "kingtavo")
 print("held", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.readline()  # the test says when to let go
 client.close()
-time.sleep(30)
+print("released", flush=True)
+sys.stdin.read()  # then stay alive until the test closes stdin
 """
 
 
-def test_chdb_path_held_by_another_process_is_waited_for(tmp_path):
+def test_chdb_path_held_by_another_process_is_waited_for(tmp_path, caplog):
     dsn = f"chdb://{tmp_path / 'ch'}"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_CHDB, dsn, "4"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CHDB, dsn], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(StoreUnavailableError) as err:
             connect_clickhouse(dsn, "kingtavo", busy_timeout=0)
         assert str(tmp_path / "ch") in str(err.value) and "one process at a time" in str(err.value)
-        started = time.monotonic()
-        client = connect_clickhouse(dsn, "kingtavo", busy_timeout=120)
+        caplog.set_level(logging.INFO, logger="kingtavo_pipeline.storage.clickhouse")
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(connect_clickhouse, dsn, "kingtavo", busy_timeout=120)
+            # it is retrying against the held path before the holder lets go
+            deadline = time.monotonic() + 60
+            while "is busy in another process" not in caplog.text:
+                assert time.monotonic() < deadline and not waiting.done(), "the second open neither waited nor failed"
+                time.sleep(0.05)  # polling against a deadline
+            assert not waiting.done()
+            holder.stdin.write("release\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "released"
+            client = waiting.result(timeout=120)  # re-raises what the thread raised
         try:
             assert client.query("SELECT 1").result_rows == [(1,)]
         finally:
             client.close()
-        assert time.monotonic() - started > 1  # it really waited for the holder to close
     finally:
         holder.kill()
+        holder.wait(timeout=30)

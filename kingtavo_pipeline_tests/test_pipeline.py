@@ -57,16 +57,22 @@ def test_sample_graph_loads_everything_once(store, clickhouse):
     assert all(v.startswith("2024-11-03") for v in checkpoints.values()), checkpoints
 
     evaluations = {(e.asset_check_key.name, e.passed) for e in result.get_asset_check_evaluations()}
-    assert evaluations == {("keys_present_and_unique", True), ("row_count_matches_core", True)}
+    assert evaluations == {("core_reflects_raw", True), ("row_count_matches_core", True)}
 
 
 def test_rerunning_partitions_is_idempotent(store, clickhouse):
     run_unified_job()
     first = table_counts(store, clickhouse)
-    run_unified_job()
+    second = run_unified_job()
     assert table_counts(store, clickhouse) == first
-    # the same bad records failing again are counted as attempts, not new rows
-    assert store.fetch_all("SELECT DISTINCT attempts FROM dead_letters") == [(2,)]
+    # the same bad records read again are the failures already on record: no new attempt, not counted again
+    assert store.fetch_all("SELECT DISTINCT attempts, status FROM dead_letters") == [(1, "open")]
+    failed = store.fetch_all("SELECT asset_key, records_failed FROM etl_runs WHERE run_id = %s", (second.run_id,))
+    assert failed and all(n == 0 for _, n in failed), failed
+    # nothing changed, so core changed nothing and no raw row was re-stamped
+    core = [e.materialization.metadata for e in second.get_asset_materialization_events()
+            if e.asset_key == dg.AssetKey(["core", "unified_items"])]
+    assert core[0]["records_inserted"].value == 0 and core[0]["records_updated"].value == 0
     marks = store.fetch_all("SELECT source_name, checkpoint_value FROM etl_checkpoints ORDER BY 1")
     run_unified_job("2024-11-02", "2024-11-02")
     assert table_counts(store, clickhouse) == first
@@ -94,7 +100,8 @@ def test_failed_core_load_rolls_back_everything(store, clickhouse, monkeypatch):
 
 
 def test_undated_and_out_of_window_rows(store, tmp_path):
-    """Malformed rows and rows without a usable date go to dead_letters; rows of other days wait."""
+    """Malformed rows, rows without a usable date and rows before the first partition go to
+    dead_letters; rows of other days land in their own day, waiting for core."""
     (tmp_path / "orders.csv").write_text(
         textwrap.dedent(
             """\
@@ -104,6 +111,7 @@ def test_undated_and_out_of_window_rows(store, tmp_path):
             3,2024-11-02,gamma
             4,,delta
             5,2024-11-01,eps,,extra
+            6,2023-12-31,zeta
             """
         )
     )
@@ -114,7 +122,10 @@ def test_undated_and_out_of_window_rows(store, tmp_path):
     [asset] = build_raw_assets(load_sources(tmp_path / "sources.yaml"))
     result = dg.materialize([asset], partition_key="2024-11-01", resources={"postgres": PostgresResource()})
     assert result.success
-    assert store.fetch_all("SELECT source_id, partition_date FROM raw_data") == [("1", dt.date(2024, 11, 1))]
+    assert store.fetch_all("SELECT source_id, partition_date, processed_at FROM raw_data ORDER BY 1") == [
+        ("1", dt.date(2024, 11, 1), None),
+        ("3", dt.date(2024, 11, 2), None),
+    ]
     dead = store.fetch_all(
         "SELECT source_id, stage, error_type, error_message, payload->>'_raw' FROM dead_letters ORDER BY source_id"
     )
@@ -122,13 +133,19 @@ def test_undated_and_out_of_window_rows(store, tmp_path):
         ("2", "extract", "missing_partition_date"),
         ("4", "extract", "missing_partition_date"),
         ("5", "extract", "malformed_row"),
+        ("6", "extract", "before_first_partition"),
     ]
     assert "expected 3 fields, saw 5" in dead[2][3]
     assert dead[2][4] == "5,2024-11-01,eps,,extra"
+    assert "2024-01-01" in dead[3][3]
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
-    assert metadata["records_read"].value == 5
+    assert metadata["records_read"].value == 6
     assert metadata["dagster/partition_row_count"].value == 1
-    assert metadata["dead_letters"].value == 3
+    assert metadata["records_outside_window"].value == 1
+    assert metadata["partitions_with_new_records_outside_window"].value == {"2024-11-02": 1}
+    assert metadata["dead_letters"].value == 4
+    # the run of one partition records that partition in etl_runs
+    assert store.fetch_all("SELECT partition_key FROM etl_runs") == [("2024-11-01",)]
 
 
 def test_row_count_check_fails_when_stores_disagree(store, clickhouse):

@@ -7,7 +7,14 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from kingtavo_pipeline.storage.bookkeeping import etl_run, land_raw, record_dead_letters, set_checkpoint, get_checkpoint
+from kingtavo_pipeline.storage.bookkeeping import (
+    etl_run,
+    get_checkpoint,
+    land_raw,
+    mark_for_retry,
+    record_dead_letters,
+    set_checkpoint,
+)
 from kingtavo_pipeline.storage.migrations import migrate_clickhouse, migrate_postgres
 from kingtavo_pipeline.storage.upsert import upsert
 
@@ -87,17 +94,39 @@ def test_raw_landing_stores_identical_records_once(store):
     assert store.fetch_value("SELECT count(*) FROM raw_data") == 3
 
 
-def test_dead_letters_count_attempts(store):
+def test_a_dead_letter_is_recorded_once_per_distinct_failure(store):
     rejects = pd.DataFrame(
         {"source_id": ["9"], "payload": ["not json at all"], "error_type": ["malformed_payload"], "error_message": ["x"]}
     )
-    for _ in range(3):
+
+    def record() -> int:
         with store.transaction() as conn:
-            record_dead_letters(
+            return record_dead_letters(
                 conn, rejects, stage="map", source_type="csv", source_name="shop", entity="orders", run_id="r"
             )
+
+    assert [record() for _ in range(3)] == [1, 0, 0]  # new once, then the failure already on record
     rows = store.fetch_all("SELECT source_id, payload #>> '{}', attempts, status FROM dead_letters")
-    assert rows == [("9", "not json at all", 3, "open")]
+    assert rows == [("9", "not json at all", 1, "open")]
+    # a retry counts an attempt; failing again reopens it and counts as a failure again
+    with store.transaction() as conn:
+        assert len(mark_for_retry(conn, ids=None, source="shop")) == 1
+    assert record() == 1
+    assert store.fetch_all("SELECT attempts, status FROM dead_letters") == [(2, "open")]
+
+
+def test_reobserving_reverted_content_restamps_it_as_newest(store):
+    def land(payload: str) -> tuple[int, int]:
+        raw = pd.DataFrame({"source_id": ["1"], "partition_date": [dt.date(2024, 11, 1)], "payload": [payload]})
+        with store.transaction() as conn:
+            result = land_raw(conn, raw, source_type="csv", source_name="shop", entity="orders", run_id="r")
+        return result.inserted, result.reobserved
+
+    assert [land('{"v": "A"}'), land('{"v": "B"}'), land('{"v": "B"}'), land('{"v": "A"}')] == [
+        (1, 0), (1, 0), (0, 0), (0, 1)
+    ]
+    newest = store.fetch_value("SELECT payload->>'v' FROM raw_data ORDER BY observed_seq DESC LIMIT 1")
+    assert newest == "A" and store.fetch_value("SELECT count(*) FROM raw_data") == 2
 
 
 def test_etl_run_records_success_and_failure(store):

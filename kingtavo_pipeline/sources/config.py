@@ -7,6 +7,7 @@ models always hold absolute paths (or http(s) URLs for feeds).
 from __future__ import annotations
 
 import codecs
+import difflib
 import glob
 import os
 from pathlib import Path
@@ -30,7 +31,13 @@ DEFAULT_FEED_FIELDS: dict[str, str] = {
     "url": "link",
     "category": "tags",
     "published_at": "published",
+    "updated_at": "updated",
 }
+
+
+class SourceConfigError(ValueError):
+    """The sources file, or a source's data, does not match what the file says: a configuration
+    problem to fix, not bad records to dead-letter. The message is one line naming the file or source."""
 
 
 def _is_url(value: str) -> bool:
@@ -193,12 +200,30 @@ class SourcesConfig(_Model):
         raise KeyError(f"no source named {name!r}")
 
 
+_MODELS = {"csv": CsvSource, "rss": RssSource}
+
+
+def _unknown_key(loc: tuple) -> str:
+    """'unknown key', with the closest allowed key when there is one (``pth`` -> ``path``)."""
+    key = str(loc[-1])
+    model = _MODELS.get(str(loc[0])) if len(loc) == 3 else SourcesConfig if len(loc) == 1 else None
+    allowed = list(model.model_fields) if model else []
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}" if allowed else ""
+    return f"unknown key {key!r}" + (f" ({hint})" if hint else "")
+
+
 def _format_errors(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(err["loc"]))
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc or '<root>'}: {msg}")
+        if err["type"] == "extra_forbidden":
+            msg = _unknown_key(err["loc"])
+        elif err["type"] == "missing":
+            msg = f"required key {str(err['loc'][-1])!r} is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc or '<root>'}: {' '.join(msg.split())}")
     return "; ".join(parts)
 
 
@@ -207,26 +232,29 @@ def parse_sources(data: Any, base_dir: str | Path, origin: str = "<sources>") ->
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"sources file {origin}: expected a mapping with 'csv' and/or 'rss' lists, got {type(data).__name__}")
+        raise SourceConfigError(
+            f"sources file {origin}: expected a mapping with 'csv' and/or 'rss' lists, got {type(data).__name__}"
+        )
     try:
         return SourcesConfig.model_validate(data, context={"base_dir": Path(base_dir)})
     except ValidationError as exc:
-        raise ValueError(f"sources file {origin} is invalid: {_format_errors(exc)}") from None
+        raise SourceConfigError(f"sources file {origin} is invalid: {_format_errors(exc)}") from None
 
 
 def load_sources(path: str | Path) -> SourcesConfig:
-    """Read and validate a sources YAML file; any problem is a ``ValueError`` naming the file."""
+    """Read and validate a sources YAML file; any problem is a one-line :class:`SourceConfigError`
+    (a ``ValueError``) naming the file."""
     path = Path(path).expanduser().absolute()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ValueError(f"sources file {path} does not exist") from None
+        raise SourceConfigError(f"sources file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"sources file {path} cannot be read: {exc}") from None
+        raise SourceConfigError(f"sources file {path} cannot be read: {' '.join(str(exc).split())}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"sources file {path} is not valid YAML: {exc}") from None
+        raise SourceConfigError(f"sources file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     return parse_sources(data, path.parent, origin=str(path))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import hashlib
 import io
 import json
@@ -27,11 +28,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from ..transform.unified import TS_DTYPE, parse_timestamps
-from .config import CsvSource
+from .config import CsvSource, SourceConfigError
 
 log = logging.getLogger(__name__)
 
-RAW_COLUMNS = ("source_id", "occurred_at", "payload", "error")
+# content_hash identifies the record's content without its provenance (what raw_data dedupes on)
+RAW_COLUMNS = ("source_id", "occurred_at", "payload", "error", "content_hash")
 SAMPLE_BYTES = 64 * 1024
 # pyarrow reads BLOCK_BYTES at a time (its memory is a few dozen times that) and cannot parse a
 # record longer than a block; a file holding one is read again with bigger blocks, up to the max.
@@ -58,6 +60,7 @@ def empty_raw_frame() -> pd.DataFrame:
             "occurred_at": pd.Series(dtype=TS_DTYPE),
             "payload": pd.Series(dtype="str"),
             "error": pd.Series(dtype=object),
+            "content_hash": pd.Series(dtype="str"),
         }
     )
 
@@ -328,8 +331,19 @@ def _raw_frame(chunk: pd.DataFrame, source: CsvSource, file_name: str, columns: 
             "occurred_at": occurred.astype(TS_DTYPE).reset_index(drop=True),
             "payload": pd.Series(payload, dtype="str"),
             "error": pd.Series(errors, dtype=object),
+            "content_hash": pd.Series([content_hash(p) for p in payload], dtype="str"),
         }
     )
+
+
+_PROVENANCE = ',"_file":'
+
+
+def content_hash(payload: str) -> str:
+    """Hash of a row's values without where it was read (``_file``, ``_line``, written last by
+    :func:`_raw_frame`): a row that only moved to another line or file is the same observation."""
+    cut = payload.rfind(_PROVENANCE)
+    return hashlib.sha256((payload[:cut] if cut > 0 else payload).encode("utf-8")).hexdigest()
 
 
 class _SetAside:
@@ -473,7 +487,45 @@ def _read_chunks(
         yield chunk
 
 
-def _iter_file(source: CsvSource, path: Path, batch_size: int) -> Iterator[pd.DataFrame]:
+# Keys the reader adds to every payload; ``fields`` may map them too.
+_READER_KEYS = ("_file", "_line")
+_HEADER_SHOWN = 40
+
+
+def _check_columns(source: CsvSource, path: Path, columns: list[str]) -> None:
+    """Every column the source names must be in the header, else nothing of the file could be
+    dated or mapped: fail with the source, file, missing names and the header found."""
+    missing: list[str] = []
+
+    def note(what: str, wanted: str, pool: list[str]) -> None:
+        close = difflib.get_close_matches(wanted, pool, n=1, cutoff=0.6)
+        missing.append(f"{what} {wanted!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+    for what, wanted in (("id_column", source.id_column), ("date_column", source.date_column)):
+        if wanted and _find_column(columns, wanted) is None:  # matched case-insensitively, as read
+            note(what, wanted, columns)
+    for field, column in source.fields.items():
+        if column not in columns and column not in _READER_KEYS:  # payload keys match exactly
+            note(f"fields.{field}", column, columns)
+    if missing:
+        shown = ", ".join(repr(c) for c in columns[:_HEADER_SHOWN])
+        more = f", ... ({len(columns)} columns)" if len(columns) > _HEADER_SHOWN else ""
+        raise SourceConfigError(
+            f"csv source {source.name!r}: {path}: column(s) not in the file's header: {'; '.join(missing)}. "
+            f"Header found: {shown}{more}"
+        )
+
+
+class _FilePlan:
+    """How one file is read: its codec, delimiter and header (checked against the source)."""
+
+    def __init__(self, path: Path, encoding: str, delimiter: str, names: list[str]) -> None:
+        self.path, self.encoding, self.delimiter, self.names = path, encoding, delimiter, names
+        self.columns = _clean_header(names)
+
+
+def _plan_file(source: CsvSource, path: Path) -> _FilePlan | None:
+    """Detect the file's codec and delimiter and check its header; None for an empty file."""
     encoding = detect_encoding(path) if source.encoding == "auto" else source.encoding
     delimiter = source.delimiter
     if delimiter == "auto":
@@ -484,8 +536,14 @@ def _iter_file(source: CsvSource, path: Path, batch_size: int) -> Iterator[pd.Da
     names = _header(path, encoding, delimiter)
     if names is None:
         log.warning("csv %s: %s is empty, skipped", source.name, path)
-        return
-    columns = _clean_header(names)
+        return None
+    plan = _FilePlan(path, encoding, delimiter, names)
+    _check_columns(source, path, plan.columns)
+    return plan
+
+
+def _iter_file(source: CsvSource, plan: _FilePlan, batch_size: int) -> Iterator[pd.DataFrame]:
+    path, encoding, delimiter, names, columns = plan.path, plan.encoding, plan.delimiter, plan.names, plan.columns
 
     malformed: list[str] = []
     emitted_through = 0  # _line of the last record yielded
@@ -539,8 +597,14 @@ def iter_raw_batches(source: CsvSource, batch_size: int = 50_000) -> Iterator[pd
     ``{"_file", "_line", "_raw": <the record's text>}``, its ``source_id`` the id field (by
     position) or else the sha256 of the text, and ``occurred_at`` NaT. Records with too few
     fields are padded with "" and are good.
+
+    A file whose header lacks a column the source names (``id_column``, ``date_column``, a
+    ``fields`` value) raises :class:`SourceConfigError` before any row is yielded.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for path in source.files():
-        yield from _iter_file(source, path, batch_size)
+    # Every file's header is checked before the first row is yielded: a source whose columns
+    # do not match fails before anything of it is landed.
+    plans = [plan for path in source.files() if (plan := _plan_file(source, path)) is not None]
+    for plan in plans:
+        yield from _iter_file(source, plan, batch_size)

@@ -18,9 +18,10 @@ import feedparser
 import httpx
 import pandas as pd
 
+from ..storage.errors import redact_url
 from ..transform.unified import TS_DTYPE
-from .config import DEFAULT_FEED_FIELDS, RssSource
-from .csv_source import empty_raw_frame
+from .config import DEFAULT_FEED_FIELDS, RssSource, SourceConfigError
+from .csv_source import content_hash, empty_raw_frame
 
 __all__ = ["DEFAULT_FEED_FIELDS", "fetch_url", "html_to_text", "read_feed"]
 
@@ -88,6 +89,10 @@ def _summary(entry: Any) -> str:
     return html_to_text(text)
 
 
+# The keys of every normalised entry payload (what ``fields`` may name).
+_PAYLOAD_KEYS = ("id", "title", "link", "summary", "author", "tags", "published", "updated", "feed_title")
+
+
 def _normalise(entry: Any, feed_title: str) -> tuple[dict[str, str], datetime | None]:
     """-> (flat payload, the entry's 'updated' time used to pick among duplicates)."""
     # dict.get: feedparser's own lookup aliases updated -> published with a DeprecationWarning.
@@ -110,6 +115,8 @@ def _normalise(entry: Any, feed_title: str) -> tuple[dict[str, str], datetime | 
         "author": _author(entry),
         "tags": ", ".join(dict.fromkeys(t for t in terms if t)),
         "published": published.isoformat() if published else "",
+        # the entry's own modification time (Atom <updated>): which version of an entry is newer
+        "updated": updated_at.isoformat() if updated_at else "",
         "feed_title": feed_title,
     }
     return payload, updated
@@ -121,16 +128,29 @@ def read_feed(source: RssSource, fetch: Callable[[str], bytes] | None = None) ->
     Entries sharing an id are deduplicated: the latest ``updated`` wins, then the earliest in the
     document (feeds list newest first).
     """
+    where = redact_url(source.url)  # a feed URL may carry a token
+    unknown = sorted(set(source.field_map.values()) - set(_PAYLOAD_KEYS))
+    if unknown:
+        raise SourceConfigError(
+            f"rss source {source.name!r}: fields name {unknown}, which entries do not have; "
+            f"entry keys: {', '.join(_PAYLOAD_KEYS)}"
+        )
     if source.is_remote:
-        data = (fetch or fetch_url)(source.url)
+        try:
+            data = (fetch or fetch_url)(source.url)
+        except httpx.HTTPError as exc:  # its text repeats the URL, credentials included
+            raise ValueError(f"rss source {source.name!r}: cannot fetch {where}: {type(exc).__name__}: "
+                             f"{redact_url(str(exc))}") from None
     else:
         data = Path(source.url).read_bytes()
     parsed = feedparser.parse(data)
     if parsed.get("bozo") and not parsed.entries:
-        raise ValueError(f"rss source {source.name!r}: cannot parse feed {source.url}: {parsed.get('bozo_exception')}")
+        raise ValueError(
+            f"rss source {source.name!r}: cannot parse feed {where}: {redact_url(str(parsed.get('bozo_exception')))}"
+        )
     if not parsed.entries and not parsed.get("version"):
         # e.g. an HTML login page served instead of the feed: not bozo, just not a feed.
-        raise ValueError(f"rss source {source.name!r}: {source.url} is not an RSS or Atom document")
+        raise ValueError(f"rss source {source.name!r}: {where} is not an RSS or Atom document")
 
     feed_title = html_to_text(parsed.feed.get("title") or "")
     chosen: dict[str, tuple[dict[str, str], datetime | None]] = {}
@@ -151,4 +171,4 @@ def read_feed(source: RssSource, fetch: Callable[[str], bytes] | None = None) ->
             "payload": pd.Series([json.dumps(p, ensure_ascii=False, separators=(",", ":")) for p in payloads], dtype="str"),
             "error": pd.Series([None] * len(payloads), dtype=object),  # parsed entries are never malformed
         }
-    )
+    ).assign(content_hash=lambda f: [content_hash(p) for p in f["payload"]])

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date
 
 import pandas as pd
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
-from kingtavo_pipeline.storage.postgres import PostgresStore
+from kingtavo_pipeline.storage.postgres import PostgresStore, copy_arrow
 from kingtavo_pipeline.storage.upsert import UpsertResult, upsert
 
 DEAD_LETTER_KEY = ("stage", "source_type", "source_name", "entity", "source_id", "payload_hash")
@@ -41,10 +44,15 @@ def etl_run(store: PostgresStore, *, run_id: str, asset_key: str, partition_key:
     The row is written in transactions of its own, so a failed load that rolls back still leaves
     the run's failure on record.
     """
+    from kingtavo_pipeline.run_health import this_process
+
+    # the writing process, so a row left 'running' by a killed process can be told and closed
+    me = this_process()
     with store.transaction() as conn:
         (row_id,) = conn.execute(
-            "INSERT INTO etl_runs (run_id, asset_key, partition_key, status) VALUES (%s, %s, %s, 'running') RETURNING id",
-            (run_id, asset_key, partition_key),
+            "INSERT INTO etl_runs (run_id, asset_key, partition_key, status, pid, host, pid_start) "
+            "VALUES (%s, %s, %s, 'running', %s, %s, %s) RETURNING id",
+            (run_id, asset_key, partition_key, me.pid, me.host, me.start),
         ).fetchone()
     counts = RunCounts()
     try:
@@ -54,7 +62,14 @@ def etl_run(store: PostgresStore, *, run_id: str, asset_key: str, partition_key:
             # A generator asset closed at its yield: the IO manager failed to store the output.
             message = "the output was not stored (the IO manager's write failed; see the Dagster run log)"
         else:
-            message = f"{type(exc).__name__}: {exc}"[:4000]
+            from kingtavo_pipeline.storage.errors import describe_error
+
+            # Not str(exc): a database error's text carries the failing row and the statement's
+            # parameters (payload data), and a connection error may carry a URL.
+            message = describe_error(exc, limit=4000)
+            if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "DagsterExecutionInterruptedError":
+                # Dagster's interrupt carries no text of its own
+                message += " (interrupted: a termination signal or a cancel request stopped the run)"
         with store.transaction() as conn:
             conn.execute(
                 """UPDATE etl_runs SET status = 'failed', finished_at = now(), records_extracted = %s,
@@ -113,6 +128,48 @@ def set_checkpoint(
 # --- raw_data ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LandResult:
+    """What landing a batch did: new content, content seen before that is current again, no-ops."""
+
+    staged: int
+    inserted: int
+    reobserved: int
+    partitions: dict  # partition_date -> records newly observed there
+    source_ids: list = field(default_factory=list)  # the records newly observed
+
+    @property
+    def observed(self) -> int:
+        return self.inserted + self.reobserved
+
+    @property
+    def unchanged(self) -> int:
+        return self.staged - self.observed
+
+
+_LAND_SQL = """
+WITH current AS (
+    SELECT DISTINCT ON (r.source_id) r.source_id, r.payload_hash
+    FROM raw_data r JOIN {stage} s ON s.source_id = r.source_id
+    WHERE r.source_type = %(source_type)s AND r.source_name = %(source_name)s AND r.entity = %(entity)s
+    ORDER BY r.source_id, r.observed_seq DESC
+), written AS (
+    INSERT INTO raw_data AS t (source_type, source_name, entity, source_id, partition_date, payload,
+                               payload_hash, run_id, observed_seq)
+    SELECT %(source_type)s, %(source_name)s, %(entity)s, s.source_id, s.partition_date, s.payload::jsonb,
+           s.payload_hash, %(run_id)s, nextval('raw_observation_seq')
+    FROM {stage} s
+    WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.source_id = s.source_id AND c.payload_hash = s.payload_hash)
+    ORDER BY s.ord
+    ON CONFLICT (source_type, source_name, entity, source_id, payload_hash) DO UPDATE
+        SET observed_seq = EXCLUDED.observed_seq, extracted_at = now(), run_id = EXCLUDED.run_id,
+            partition_date = EXCLUDED.partition_date, processed_at = NULL
+    RETURNING (xmax = 0) AS inserted, partition_date, source_id
+)
+SELECT partition_date, inserted, source_id FROM written
+"""
+
+
 def land_raw(
     conn: psycopg.Connection,
     raw: pd.DataFrame,
@@ -121,27 +178,74 @@ def land_raw(
     source_name: str,
     entity: str,
     run_id: str | None,
-) -> UpsertResult:
-    """Store raw records (columns ``source_id``, ``partition_date``, ``payload`` as JSON text).
+) -> LandResult:
+    """Store raw records (columns ``source_id``, ``partition_date``, ``payload`` as JSON text, and
+    optionally ``content_hash``) as observations.
 
-    Identical re-extractions are kept once (content hash in the key); a changed record is a new row.
+    Each record gets the next ``observed_seq`` when its content differs from its newest
+    observation: new content is a new row; content seen before (a value that reverts, A -> B -> A)
+    re-stamps its row, which makes it the newest again and queues it for core (``processed_at``
+    cleared). Content equal to the newest observation changes nothing. Within one batch the last
+    row of a record is its observation (file order). Landers of one source take turns, so two runs
+    cannot both decide they hold the newest observation.
     """
-    frame = pd.DataFrame(
+    if raw.empty:
+        return LandResult(0, 0, 0, {})
+    frame = pa.table(
         {
-            "source_type": source_type,
-            "source_name": source_name,
-            "entity": entity,
-            "source_id": raw["source_id"].astype(str),
-            "partition_date": raw["partition_date"],
-            "payload": raw["payload"],
-            "payload_hash": [payload_hash(p) for p in raw["payload"]],
-            "run_id": run_id,
+            "source_id": pa.array(raw["source_id"].astype(str).tolist(), pa.string()),
+            "partition_date": pa.array(list(raw["partition_date"]), pa.date32()),
+            "payload": pa.array(raw["payload"].tolist(), pa.string()),
+            # a reader may hash content without provenance (a CSV row's file and line)
+            "payload_hash": pa.array(
+                raw["content_hash"].tolist() if "content_hash" in raw else [payload_hash(p) for p in raw["payload"]],
+                pa.string(),
+            ),
+            "ord": pa.array(range(len(raw)), pa.int64()),
         }
     )
-    return upsert(conn, "raw_data", frame, RAW_KEY, version_column=None, on_conflict="ignore")
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                 (f"kingtavo_raw:{source_type}:{source_name}:{entity}",))
+    stage = sql.Identifier(f"_land_{uuid.uuid4().hex[:12]}")
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {} (source_id text, partition_date date, payload text, payload_hash text, ord bigint) "
+            "ON COMMIT DROP"
+        ).format(stage)
+    )
+    copy_arrow(conn, stage, frame)
+    # the last row of a record in the batch is what we observe now
+    conn.execute(
+        sql.SQL("DELETE FROM {s} a USING {s} b WHERE a.source_id = b.source_id AND a.ord < b.ord").format(s=stage)
+    )
+    conn.execute(sql.SQL("ANALYZE {}").format(stage))
+    rows = conn.execute(
+        sql.SQL(_LAND_SQL).format(stage=stage),
+        {"source_type": source_type, "source_name": source_name, "entity": entity, "run_id": run_id},
+    ).fetchall()
+    conn.execute(sql.SQL("DROP TABLE {}").format(stage))
+    inserted = sum(1 for r in rows if r[1])
+    partitions: dict = {}
+    for day, _, _ in rows:
+        partitions[day] = partitions.get(day, 0) + 1
+    return LandResult(len(raw), inserted, len(rows) - inserted, partitions, [r[2] for r in rows])
+
+
+def unprocessed_partitions(conn: psycopg.Connection, after_seq: int = 0) -> list[tuple[date, int, int, int, list[str]]]:
+    """Landed observations no core run has taken yet, per day:
+    ``(partition_date, records, min observed_seq, max observed_seq, landing run ids)``."""
+    return conn.execute(
+        """SELECT partition_date, count(*), min(observed_seq), max(observed_seq),
+                  array_agg(DISTINCT coalesce(run_id, ''))
+           FROM raw_data WHERE processed_at IS NULL AND observed_seq > %s
+           GROUP BY partition_date ORDER BY partition_date""",
+        (after_seq,),
+    ).fetchall()
 
 
 # --- dead_letters ------------------------------------------------------------------------------
+
+DEAD_LETTER_STATUSES = ("open", "retrying", "resolved", "ignored")
 
 
 def as_json_payload(payload: object) -> str | None:
@@ -167,35 +271,145 @@ def record_dead_letters(
     entity: str,
     run_id: str | None,
 ) -> int:
-    """Store rejects (columns ``source_id``, ``payload``, ``error_type``, ``error_message``).
+    """Store rejects (columns ``source_id``, ``payload``, ``error_type``, ``error_message``; optional
+    ``raw_data_id``, ``partition_date``). Returns the number of failures that are new.
 
-    The same record failing again bumps ``attempts`` and ``last_seen_at`` instead of adding a row.
+    One row per distinct failure (stage, record, content): the same bad record read again by
+    another partition run is the failure already on record and changes nothing. It counts again
+    only when it had been retried (``retrying`` -> ``open``; the retry counted the attempt) or
+    resolved (the bad content came back); an ``ignored`` one stays ignored.
     """
     if rejects.empty:
         return 0
     payloads = [as_json_payload(p) for p in rejects["payload"]]
-    frame = pd.DataFrame(
-        {
-            "stage": stage,
-            "source_type": source_type,
-            "source_name": source_name,
-            "entity": entity,
-            "source_id": rejects["source_id"].fillna("").astype(str).to_numpy(),
-            "payload": payloads,
-            "payload_hash": [payload_hash(p or "") for p in payloads],
-            "error_type": rejects["error_type"].astype(str).to_numpy(),
-            "error_message": rejects["error_message"].astype(str).to_numpy(),
-            "run_id": run_id,
-        }
-    )
-    frame = frame.drop_duplicates(list(DEAD_LETTER_KEY), keep="last")
-    upsert(
+    columns = {
+        "stage": stage,
+        "source_type": source_type,
+        "source_name": source_name,
+        "entity": entity,
+        "source_id": rejects["source_id"].fillna("").astype(str).to_numpy(),
+        "payload": payloads,
+        "payload_hash": [payload_hash(p or "") for p in payloads],
+        "error_type": rejects["error_type"].astype(str).to_numpy(),
+        "error_message": rejects["error_message"].astype(str).to_numpy(),
+        "run_id": run_id,
+    }
+    if "raw_data_id" in rejects:
+        columns["raw_data_id"] = pd.array(rejects["raw_data_id"], dtype="Int64")
+    if "partition_date" in rejects:
+        columns["partition_date"] = rejects["partition_date"].to_numpy()
+    frame = pd.DataFrame(columns).drop_duplicates(list(DEAD_LETTER_KEY), keep="last")
+    result = upsert(
         conn,
         "dead_letters",
         frame,
         DEAD_LETTER_KEY,
         version_column=None,
-        set_expressions={"attempts": "t.attempts + 1", "last_seen_at": "now()", "status": "'open'"},
+        set_expressions={
+            "last_seen_at": "now()",
+            "status": "'open'",
+            "resolved_at": "NULL",
+            "resolution": "NULL",
+        },
+        update_where="t.status IN ('retrying', 'resolved')",
     )
-    return len(frame)
+    return result.inserted + result.updated
 
+
+def resolve_landed_dead_letters(
+    conn: psycopg.Connection, *, stage: str, source_type: str, source_name: str, entity: str,
+    source_ids: list[str], run_id: str | None,
+) -> int:
+    """Resolve open dead letters of records that a later run has now landed (new observations only)."""
+    if not source_ids:
+        return 0
+    cursor = conn.execute(
+        """UPDATE dead_letters SET status = 'resolved', resolved_at = now(),
+                  resolution = 'landed by run ' || coalesce(%s, '?')
+           WHERE stage = %s AND status IN ('open', 'retrying') AND source_type = %s AND source_name = %s
+             AND entity = %s AND source_id = ANY(%s) AND last_seen_at < now()""",
+        (run_id, stage, source_type, source_name, entity, source_ids),
+    )
+    return cursor.rowcount
+
+
+def resolve_mapped_dead_letters(conn: psycopg.Connection, raw_data_ids: list[int], run_id: str | None) -> int:
+    """Resolve open map-stage dead letters of records whose failed observation, or a newer one, now mapped."""
+    if not raw_data_ids:
+        return 0
+    cursor = conn.execute(
+        """UPDATE dead_letters d SET status = 'resolved', resolved_at = now(),
+                  resolution = 'newer observation mapped by run ' || coalesce(%s, '?')
+           FROM raw_data v, raw_data r
+           WHERE v.id = ANY(%s) AND d.stage = 'map' AND d.status IN ('open', 'retrying')
+             AND d.source_type = v.source_type AND d.source_name = v.source_name AND d.entity = v.entity
+             AND d.source_id = v.source_id AND r.id = d.raw_data_id AND r.observed_seq <= v.observed_seq""",
+        (run_id, raw_data_ids),
+    )
+    return cursor.rowcount
+
+
+# --- the dead-letter life cycle (kingtavo dead-letters) ----------------------------------------
+
+DEAD_LETTER_FIELDS = ("id", "stage", "source_type", "source_name", "source_id", "error_type", "error_message",
+                      "attempts", "status", "first_seen_at", "last_seen_at", "partition_date", "resolution")
+
+
+def _dead_letter_filter(ids: list[int] | None, status: str | None, source: str | None, stage: str | None):
+    conditions, params = [], []
+    if ids:
+        conditions.append("id = ANY(%s)")
+        params.append(list(ids))
+    if status:
+        conditions.append("status = %s")
+        params.append(status)
+    if source:
+        conditions.append("source_name = %s")
+        params.append(source)
+    if stage:
+        conditions.append("stage = %s")
+        params.append(stage)
+    return sql.SQL(" AND ").join(sql.SQL(c) for c in conditions) if conditions else sql.SQL("true"), params
+
+
+def list_dead_letters(conn: psycopg.Connection, *, ids: list[int] | None = None, status: str | None = "open",
+                      source: str | None = None, stage: str | None = None, limit: int = 50) -> list[dict]:
+    where, params = _dead_letter_filter(ids, status, source, stage)
+    cursor = conn.execute(
+        sql.SQL("SELECT {} FROM dead_letters WHERE {} ORDER BY last_seen_at DESC, id DESC LIMIT %s").format(
+            sql.SQL(", ").join(sql.Identifier(f) for f in DEAD_LETTER_FIELDS), where),
+        [*params, limit],
+    )
+    return [dict(zip(DEAD_LETTER_FIELDS, row)) for row in cursor]
+
+
+def mark_for_retry(conn: psycopg.Connection, *, ids: list[int] | None = None, source: str | None = None,
+                   stage: str | None = None) -> list[tuple[int, str, str, str]]:
+    """Open dead letters -> ``retrying`` (one more attempt). A map-stage record's raw observation is
+    queued for core again (``processed_at`` NULL); an extract-stage record needs its source read
+    again. Returns ``(id, stage, source_type, source_name)`` of the letters marked."""
+    where, params = _dead_letter_filter(ids, None, source, stage)
+    rows = conn.execute(
+        sql.SQL("""UPDATE dead_letters SET status = 'retrying', attempts = attempts + 1, resolved_at = NULL,
+                          resolution = NULL
+                   WHERE status = 'open' AND {} RETURNING id, stage, source_type, source_name, raw_data_id""").format(where),
+        params,
+    ).fetchall()
+    raw_ids = [r[4] for r in rows if r[1] == "map" and r[4] is not None]
+    if raw_ids:
+        conn.execute("UPDATE raw_data SET processed_at = NULL WHERE id = ANY(%s)", (raw_ids,))
+    return [r[:4] for r in rows]
+
+
+def close_dead_letters(conn: psycopg.Connection, *, ids: list[int] | None = None, source: str | None = None,
+                       stage: str | None = None, status: str = "resolved", note: str = "") -> int:
+    """Mark open or retrying dead letters ``resolved`` (fixed by hand) or ``ignored`` (never to be loaded)."""
+    if status not in ("resolved", "ignored"):
+        raise ValueError(f"status must be 'resolved' or 'ignored', not {status!r}")
+    where, params = _dead_letter_filter(ids, None, source, stage)
+    cursor = conn.execute(
+        sql.SQL("""UPDATE dead_letters SET status = %s, resolved_at = now(), resolution = %s
+                   WHERE status IN ('open', 'retrying') AND {}""").format(where),
+        [status, note or f"{status} by hand", *params],
+    )
+    return cursor.rowcount

@@ -16,7 +16,7 @@ from pathlib import Path
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from kingtavo_pipeline.settings import Settings, get_settings
+from kingtavo_pipeline.settings import Settings, check_clickhouse_database, get_settings
 from kingtavo_pipeline.storage.errors import StoreUnavailableError, redact_url
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def connect_clickhouse(dsn: str, database: str, *, busy_timeout: float = CHDB_BU
     failed: the ``clickhouse`` pool already serialises warehouse steps, and this covers what the
     pool cannot see (a second Dagster instance, a notebook, the first slot claims of a new instance).
     """
+    check_clickhouse_database(database)  # spliced into DDL below
     path = _chdb_path(dsn)
     if path is not None:
         where = f"the chDB data path {path}"
@@ -64,7 +65,7 @@ def connect_clickhouse(dsn: str, database: str, *, busy_timeout: float = CHDB_BU
                 path.mkdir(parents=True, exist_ok=True)
             return _open(dsn, database)
         except Exception as exc:  # noqa: BLE001 - one clear error instead of driver internals
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            first = redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
             busy = path is not None and "EmbeddedServer" in str(exc)
             if busy and time.monotonic() < deadline:
                 log.info("chDB path %s is busy in another process; retrying in %.1fs", path, delay)

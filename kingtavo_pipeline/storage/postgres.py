@@ -66,7 +66,7 @@ def start_embedded_postgres(data_dir: Path, database: str = EMBEDDED_DATABASE) -
     except Exception as exc:  # noqa: BLE001 - one clear error instead of driver internals
         raise StoreUnavailableError(
             f"could not start the embedded PostgreSQL with data in {data_dir} "
-            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}); "
+            f"({type(exc).__name__}: {redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))}); "
             f"read the server log at {log_path}, or set KINGTAVO_POSTGRES_URL to use a running server"
         ) from exc
 
@@ -75,7 +75,13 @@ def sqlalchemy_url(url: str) -> str:
     """``postgresql://`` -> ``postgresql+psycopg://`` so SQLAlchemy uses psycopg 3."""
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
+            rest = url[len(prefix) :]
+            if rest.split("?", 1)[0].count("@") > 1:
+                # Drivers split at the first '@' and would report the password's tail as the host.
+                raise StoreUnavailableError(
+                    f"PostgreSQL URL {redact_url(url)}: the user or password holds an unescaped '@'; write it as %40"
+                )
+            return "postgresql+psycopg://" + rest
     raise StoreUnavailableError(f"not a PostgreSQL URL: {redact_url(url)}")
 
 
@@ -96,7 +102,7 @@ class PostgresStore:
         return f"PostgresStore({redact_url(self.url)})"
 
     def _unavailable(self, exc: Exception) -> StoreUnavailableError:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        first = redact_url(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
         return StoreUnavailableError(
             f"cannot reach PostgreSQL at {redact_url(self.url)}: {first}. "
             "Check KINGTAVO_POSTGRES_URL and the server's log."

@@ -37,32 +37,64 @@ def _has_duplicate_keys(arrow: pa.Table, key_columns: Sequence[str]) -> bool:
     return arrow.select(list(key_columns)).group_by(list(key_columns)).aggregate([]).num_rows < arrow.num_rows
 
 
+def _versions(version_column: str | Sequence[str] | None) -> list[str]:
+    if version_column is None:
+        return []
+    return [version_column] if isinstance(version_column, str) else list(version_column)
+
+
+def newer_sql(versions: Sequence[str], new: str = "EXCLUDED", old: str = "t") -> sql.Composable:
+    """``new`` is strictly newer than ``old``, comparing ``versions`` left to right (NULL oldest).
+
+    A tuple, so a source's own modification time can lead and the observation order break ties:
+    ``(source_updated_at, observed_seq)``. NULL sorts first: a value beats no value.
+    """
+    terms = []
+    for i, column in enumerate(versions):
+        v = sql.Identifier(column)
+        equal_before = [
+            sql.SQL("{n}.{c} IS NOT DISTINCT FROM {o}.{c}").format(n=sql.SQL(new), o=sql.SQL(old), c=sql.Identifier(c))
+            for c in versions[:i]
+        ]
+        greater = sql.SQL("({n}.{v} > {o}.{v} OR ({o}.{v} IS NULL AND {n}.{v} IS NOT NULL))").format(
+            n=sql.SQL(new), o=sql.SQL(old), v=v
+        )
+        terms.append(sql.SQL(" AND ").join([*equal_before, greater]))
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(terms)) if terms else sql.SQL("false")
+
+
 def upsert(
     conn: psycopg.Connection,
     table: str,
     frame: pd.DataFrame | pa.Table,
     key_columns: Sequence[str],
     *,
-    version_column: str | None = "updated_at",
+    version_column: str | Sequence[str] | None = "updated_at",
     on_conflict: str = "update",
     set_expressions: Mapping[str, str] | None = None,
+    update_where: str | None = None,
 ) -> UpsertResult:
     """Upsert ``frame`` into ``table`` (``schema.table`` allowed) keyed on ``key_columns``.
 
-    ``key_columns`` must match a unique constraint of the table. Within the batch, the row with the
-    highest ``version_column`` wins per key. ``on_conflict="ignore"`` keeps the stored row.
+    ``key_columns`` must match a unique constraint of the table. ``version_column`` is one column
+    or a tuple compared left to right (NULL oldest); a stored row is replaced only by a newer
+    version, or an equal one with different content, so re-applying rows changes nothing. Within
+    the batch, the newest row per key wins. ``on_conflict="ignore"`` keeps the stored row.
     ``set_expressions`` overrides the update of given columns with SQL over ``t`` (the stored row)
-    and ``EXCLUDED`` (e.g. ``{"attempts": "t.attempts + 1"}``); they are trusted code, not input.
+    and ``EXCLUDED`` (e.g. ``{"attempts": "t.attempts + 1"}``); ``update_where`` replaces the
+    guard with SQL of its own. Both are trusted code, not input.
     """
     if on_conflict not in ("update", "ignore"):
         raise ValueError(f"on_conflict must be 'update' or 'ignore', not {on_conflict!r}")
+    versions = _versions(version_column)
     arrow = to_arrow(frame)
     columns = arrow.column_names
     missing = [c for c in key_columns if c not in columns]
     if missing:
         raise ValueError(f"upsert into {table}: key columns {missing} are not in the frame")
-    if version_column is not None and version_column not in columns:
-        raise ValueError(f"upsert into {table}: version column {version_column!r} is not in the frame")
+    missing = [c for c in versions if c not in columns]
+    if missing:
+        raise ValueError(f"upsert into {table}: version column(s) {missing} are not in the frame")
     if arrow.num_rows == 0:
         return UpsertResult(0, 0, 0)
 
@@ -79,8 +111,10 @@ def upsert(
 
     if _has_duplicate_keys(arrow, key_columns):
         order = keys
-        if version_column is not None:
-            order = sql.SQL("{}, {} DESC NULLS LAST").format(keys, ident[version_column])
+        if versions:
+            order = sql.SQL(", ").join(
+                [keys, *(sql.SQL("{} DESC NULLS LAST").format(ident[v]) for v in versions)]
+            )
         select = sql.SQL("SELECT DISTINCT ON ({keys}) {cols} FROM {stage} ORDER BY {order}").format(
             keys=keys, cols=col_list, stage=stage, order=order
         )
@@ -98,7 +132,7 @@ def upsert(
             for c in updatable
         ]
         assignments += [sql.SQL("{} = {}").format(sql.Identifier(c), sql.SQL(expr)) for c, expr in overrides.items()]
-        compared = [c for c in updatable if c != version_column]
+        compared = [c for c in updatable if c not in versions]
         changed = (
             sql.SQL("({}) IS DISTINCT FROM ({})").format(
                 sql.SQL(", ").join(sql.SQL("t.{}").format(ident[c]) for c in compared),
@@ -107,16 +141,17 @@ def upsert(
             if compared
             else sql.SQL("false")
         )
-        if version_column is not None and not set_expressions:
-            v = ident[version_column]
-            guard = sql.SQL("t.{v} IS NULL OR EXCLUDED.{v} > t.{v} OR (EXCLUDED.{v} = t.{v} AND {changed})").format(
-                v=v, changed=changed
+        if update_where is not None:
+            guard = sql.SQL(update_where)
+        elif versions:
+            equal = sql.SQL(" AND ").join(
+                sql.SQL("EXCLUDED.{v} IS NOT DISTINCT FROM t.{v}").format(v=ident[v]) for v in versions
             )
-        elif version_column is not None:
-            v = ident[version_column]
-            guard = sql.SQL("t.{v} IS NULL OR EXCLUDED.{v} >= t.{v}").format(v=v)
+            guard = sql.SQL("{newer} OR ({equal} AND {changed})").format(
+                newer=newer_sql(versions), equal=equal, changed=changed
+            )
         else:
-            guard = changed if not set_expressions else sql.SQL("true")
+            guard = changed
         conflict = sql.SQL("DO UPDATE SET {} WHERE {}").format(sql.SQL(", ").join(assignments), guard)
 
     statement = sql.SQL(

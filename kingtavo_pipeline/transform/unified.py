@@ -38,10 +38,14 @@ UNIFIED_FIELDS: Mapping[str, FieldSpec] = {
         FieldSpec("amount", "amount"),
         FieldSpec("quantity", "quantity"),
         FieldSpec("published_at", "timestamp"),
+        # the source's own modification time: when mapped, it decides which version is newer
+        FieldSpec("updated_at", "timestamp"),
     )
 }
 
 RAW_INPUT_COLUMNS = ("source_type", "source_name", "source_id", "raw_data_id", "partition_date", "payload")
+# Optional raw columns: the observation order and time (raw_data.observed_seq / extracted_at).
+OBSERVATION_COLUMNS = ("observed_seq", "extracted_at")
 
 VALID_COLUMNS = (
     "source_type",
@@ -58,8 +62,12 @@ VALID_COLUMNS = (
     "partition_date",
     "raw_data_id",
     "updated_at",
+    "source_updated_at",
+    "observed_seq",
 )
-REJECT_COLUMNS = ("source_id", "raw_data_id", "payload", "error_type", "error_message")
+# The version of a row, compared left to right (NULL oldest): never a business date.
+VERSION_COLUMNS = ("source_updated_at", "observed_seq")
+REJECT_COLUMNS = ("source_id", "raw_data_id", "partition_date", "payload", "error_type", "error_message")
 
 # Lower rank wins when a record has several problems of different kinds.
 ERROR_TYPES = ("malformed_payload", "missing_required", "invalid_type", "invalid_value")
@@ -175,6 +183,8 @@ def _empty_valid() -> pd.DataFrame:
             "partition_date": pd.Series(dtype=object),
             "raw_data_id": pd.Series(dtype="int64"),
             "updated_at": pd.Series(dtype=TS_DTYPE),
+            "source_updated_at": pd.Series(dtype=TS_DTYPE),
+            "observed_seq": pd.Series(dtype="int64"),
         }
     )
 
@@ -184,6 +194,7 @@ def _empty_rejects() -> pd.DataFrame:
         {
             "source_id": pd.Series(dtype=object),
             "raw_data_id": pd.Series(dtype="int64"),
+            "partition_date": pd.Series(dtype=object),
             "payload": pd.Series(dtype=object),
             "error_type": pd.Series(dtype=object),
             "error_message": pd.Series(dtype=object),
@@ -328,6 +339,7 @@ def map_to_unified(
             {
                 "source_id": raw.loc[rejected, "source_id"].astype(object).where(raw.loc[rejected, "source_id"].notna(), ""),
                 "raw_data_id": raw.loc[rejected, "raw_data_id"].astype("int64"),
+                "partition_date": raw.loc[rejected, "partition_date"].astype(object),
                 "payload": raw.loc[rejected, "payload"].astype(object),
                 "error_type": rank[rejected].map(dict(enumerate(ERROR_TYPES))).astype(object),
                 "error_message": messages[rejected].astype(object),
@@ -339,24 +351,36 @@ def map_to_unified(
         return MappingResult(_empty_valid(), rejects)
 
     partition_date, partition_ts = _partition_dates(raw["partition_date"])
-    published = out["published_at"]
+    # Observation order: raw_data.observed_seq, else the batch order (the caller's read order).
+    if "observed_seq" in raw:
+        observed_seq = raw["observed_seq"].astype("int64")
+    else:
+        observed_seq = pd.Series(np.arange(len(raw), dtype="int64"), index=index)
+    if "extracted_at" in raw:
+        observed_at = pd.to_datetime(raw["extracted_at"], utc=True).astype(TS_DTYPE)
+    else:
+        observed_at = partition_ts
+    source_updated = out["updated_at"]
     valid = pd.DataFrame(
         {
             "source_type": raw["source_type"].astype(object),
             "source_name": raw["source_name"].astype(object),
-            **{name: out[name] for name in UNIFIED_FIELDS if name != "published_at"},
+            **{name: out[name] for name in UNIFIED_FIELDS if name not in ("published_at", "updated_at")},
             "metadata": metadata,
-            "published_at": published,
+            "published_at": out["published_at"],
             "partition_date": partition_date,
             "raw_data_id": raw["raw_data_id"].astype("int64"),
-            "updated_at": published.where(published.notna(), partition_ts).astype(TS_DTYPE),
+            # when the record last changed, as far as we know: the source's word, else when we saw it
+            "updated_at": source_updated.where(source_updated.notna(), observed_at).astype(TS_DTYPE),
+            "source_updated_at": source_updated.astype(TS_DTYPE),
+            "observed_seq": observed_seq,
         },
         index=index,
     )[list(VALID_COLUMNS)][ok]
 
-    # Latest version of an item wins; NaT sorts first so it never beats a real time.
+    # The newest version of an item wins (NaT sorts first, so it never beats a real time).
     valid = (
-        valid.sort_values(["updated_at", "raw_data_id"], na_position="first", kind="stable")
+        valid.sort_values(list(VERSION_COLUMNS), na_position="first", kind="stable")
         .drop_duplicates(subset=["source_type", "source_name", "external_id"], keep="last")
         .sort_values("raw_data_id", kind="stable")
         .reset_index(drop=True)

@@ -144,12 +144,12 @@ def test_missing_id_falls_back_to_content_hash(tmp_path):
     assert frame["source_id"].iloc[index] == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     assert frame["source_id"].iloc[0] == "SKU-ESP-1K"
 
-    # Same content elsewhere -> same id; an id column missing from the file -> hashes for all.
+    # Same content elsewhere -> same id; no id column configured -> hashes for all.
     copy = tmp_path / "copy.csv"
     copy.write_bytes((SAMPLES / "catalog_bom.csv").read_bytes())
     again = read_all(CsvSource(name="c", path=str(copy), id_column="sku"))
     assert again["source_id"].iloc[index] == frame["source_id"].iloc[index]
-    no_id = read_all(CsvSource(name="c", path=str(copy), id_column="no_such_column"))
+    no_id = read_all(CsvSource(name="c", path=str(copy)))
     assert no_id["source_id"].str.len().eq(64).all() and no_id["source_id"].is_unique
 
 
@@ -221,7 +221,7 @@ def test_over_long_rows_are_kept_with_an_error(tmp_path):
     )
     source = CsvSource(name="o", path=str(path), id_column="id", date_column="day")
     frame = read_all(source)
-    assert list(frame.columns) == list(RAW_COLUMNS) == ["source_id", "occurred_at", "payload", "error"]
+    assert list(frame.columns) == list(RAW_COLUMNS) == ["source_id", "occurred_at", "payload", "error", "content_hash"]
     assert len(frame) == 6  # nothing dropped
     rows = payloads(frame)
 

@@ -37,7 +37,7 @@ def test_rss_sample_parsed_and_deduplicated():
     assert outage["tags"] == "cloud, incidents"
     assert outage["author"] == "Sam Okafor"
     assert outage["feed_title"] == "Kingtavo Tech News"
-    assert set(outage) == {"id", "title", "link", "summary", "author", "tags", "published", "feed_title"}
+    assert set(outage) == {"id", "title", "link", "summary", "author", "tags", "published", "updated", "feed_title"}
     pg = rows["tn-2024-11-01-postgres"]
     assert pg["summary"] == "The point release fixes a planner regression in partition pruning & two memory leaks."
     # no <guid>: the link is the id; "+0100" converted to UTC

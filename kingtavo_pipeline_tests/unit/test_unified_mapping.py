@@ -65,7 +65,11 @@ def test_valid_row_columns_dtypes_and_values():
     assert (row["source_type"], row["source_name"], row["external_id"], row["title"]) == ("csv", "shop", "A-1", "Widget")
     assert (row["description"], row["category"], row["url"]) == ("blue", "tools", "https://shop.example.com/a-1")
     assert row["amount"] == pytest.approx(19.9) and row["quantity"] == 2
-    assert row["published_at"] == pd.Timestamp("2024-11-01T10:00:00Z") == row["updated_at"]
+    assert row["published_at"] == pd.Timestamp("2024-11-01T10:00:00Z")
+    # no source modification time mapped: updated_at is when it was observed (here: no extracted_at,
+    # so the partition's midnight), and the version is the observation order alone
+    assert row["updated_at"] == pd.Timestamp("2024-11-01T00:00:00Z") and pd.isna(row["source_updated_at"])
+    assert row["observed_seq"] == 0
     assert row["partition_date"] == DAY and isinstance(row["partition_date"], dt.date)
     assert json.loads(row["metadata"]) == {"colour": "blue"}
 
@@ -169,19 +173,35 @@ def test_several_problems_give_one_reject_listing_all():
     )
 
 
-def test_duplicates_keep_latest_updated_then_highest_raw_id():
+def test_duplicates_keep_the_newest_observation_never_the_latest_business_date():
     raw = make_raw(
         good(id="A", name="v2", when="2024-11-02T00:00:00Z"),
-        good(id="A", name="v3-latest", when="2024-11-03T00:00:00Z"),
-        good(id="A", name="v1", when="2024-11-01T00:00:00Z"),
-        good(id="B", name="tie-low", when="2024-11-01T00:00:00Z"),
-        good(id="B", name="tie-high", when="2024-11-01T00:00:00Z"),
-        good(id="C", name="dated", when="2024-11-01T05:00:00Z"),
-        good(id="C", name="undated", when=""),  # falls back to partition midnight: older
+        good(id="A", name="v3-latest-date", when="2024-11-03T00:00:00Z"),
+        good(id="A", name="v1-date-corrected-back", when="2024-11-01T00:00:00Z"),
+        good(id="B", name="low", when="2024-11-01T00:00:00Z"),
+        good(id="B", name="high", when="2024-11-01T00:00:00Z"),
     )
+    raw["observed_seq"] = [10, 11, 12, 5, 6]
     valid = map_to_unified(raw, FIELDS).valid
-    assert dict(zip(valid["external_id"], valid["title"])) == {"A": "v3-latest", "B": "tie-high", "C": "dated"}
+    assert dict(zip(valid["external_id"], valid["title"])) == {"A": "v1-date-corrected-back", "B": "high"}
     assert valid["external_id"].is_unique
+
+
+def test_a_mapped_source_modification_time_leads_the_version():
+    fields = {**FIELDS, "updated_at": "modified"}
+    raw = make_raw(
+        good(id="A", name="newer at source", modified="2024-11-05T10:00:00Z"),
+        good(id="A", name="older at source, seen later", modified="2024-11-04T10:00:00Z"),
+        good(id="C", name="dated", modified="2024-11-01T05:00:00Z"),
+        good(id="C", name="undated, seen later"),  # no modification time: never beats one that has it
+    )
+    raw["observed_seq"] = [1, 2, 3, 4]
+    raw["extracted_at"] = pd.Timestamp("2024-11-06T00:00:00Z")
+    valid = map_to_unified(raw, fields).valid
+    assert dict(zip(valid["external_id"], valid["title"])) == {"A": "newer at source", "C": "dated"}
+    a = valid.set_index("external_id").loc["A"]
+    assert a["source_updated_at"] == a["updated_at"] == pd.Timestamp("2024-11-05T10:00:00Z")
+    assert "modified" not in json.loads(a["metadata"])
 
 
 def test_same_external_id_in_two_sources_is_kept_twice():

@@ -1,41 +1,58 @@
 """``core/unified_items``: raw CSV and feed records mapped to the unified schema and upserted.
 
-One PostgreSQL transaction per run holds the upsert, the dead letters of rejected records and
-the ``processed_at`` mark on the raw rows, so none of them can get ahead of the others.
+Which version wins: the newest observation of a record (``raw_data.observed_seq``), unless the
+source maps its own modification time (``updated_at``), which then leads; never a business date.
+One PostgreSQL transaction per run holds the upsert, the dead letters of rejected records, the
+resolution of dead letters whose records now mapped, and the ``processed_at`` mark on the raw rows
+taken, so none of them can get ahead of the others.
 """
 
 import dagster as dg
 import pandas as pd
 
-from kingtavo_pipeline.defs.core.checks import KEYS_CHECK, keys_check_result
+from kingtavo_pipeline.defs.core.checks import CORE_REFLECTS_RAW_CHECK, core_reflects_raw
 from kingtavo_pipeline.defs.ingest.assets import OWNER, SOURCES, raw_assets
 from kingtavo_pipeline.defs.partitions import daily_partitions, single_run_backfill
 from kingtavo_pipeline.defs.resources import PostgresResource
 from kingtavo_pipeline.defs.runs import partition_label, utc_window
-from kingtavo_pipeline.storage.bookkeeping import etl_run, record_dead_letters
+from kingtavo_pipeline.storage.bookkeeping import etl_run, record_dead_letters, resolve_mapped_dead_letters
 from kingtavo_pipeline.storage.upsert import upsert
-from kingtavo_pipeline.transform.unified import map_to_unified
+from kingtavo_pipeline.transform.unified import VERSION_COLUMNS, map_to_unified
 
 UNIFIED_KEY = ("source_type", "source_name", "external_id")
 READ_CHUNK_ROWS = 50_000
+# every accepted change gets a new row version: the warehouse's ReplacingMergeTree _version
+ROW_VERSION = {"row_version": "nextval('unified_items_row_version_seq')"}
 
-# The latest raw version of each record in the window; chunks stream from a server-side cursor.
+# Taken before reading, in the same transaction: a row landed after this statement is read but
+# stays unmarked (the late-records sensor asks for its day again); none is marked unread.
+MARK_TAKEN = """
+UPDATE raw_data SET processed_at = now()
+WHERE source_type = %(source_type)s AND source_name = %(source_name)s
+  AND partition_date >= %(start)s AND partition_date < %(end)s AND processed_at IS NULL
+"""
+
+# The newest observation of each record in the window; chunks stream from a server-side cursor.
 RAW_FOR_WINDOW = """
-SELECT DISTINCT ON (source_name, source_id)
-       id AS raw_data_id, source_type, source_name, entity, source_id, partition_date, payload::text AS payload
+SELECT DISTINCT ON (source_id)
+       id AS raw_data_id, source_type, source_name, entity, source_id, partition_date, payload::text AS payload,
+       observed_seq, extracted_at
 FROM raw_data
 WHERE source_type = %(source_type)s AND source_name = %(source_name)s
   AND partition_date >= %(start)s AND partition_date < %(end)s
-ORDER BY source_name, source_id, extracted_at DESC, id DESC
+ORDER BY source_id, observed_seq DESC
 """
 
-
+OPEN_MAP_DEAD_LETTERS = """
+SELECT EXISTS (SELECT 1 FROM dead_letters WHERE stage = 'map' AND status IN ('open', 'retrying')
+               AND source_type = %(source_type)s AND source_name = %(source_name)s)
+"""
 
 
 @dg.asset(
     key=["core", "unified_items"],
     description="Items from every CSV and feed source in the unified schema (PostgreSQL public.unified_items), "
-    "upserted on (source_type, source_name, external_id); rejects go to dead_letters.",
+    "upserted on (source_type, source_name, external_id); the newest observation wins; rejects go to dead_letters.",
     deps=[a.key for a in raw_assets],
     group_name="core",
     kinds={"postgres", "pandas"},
@@ -44,21 +61,24 @@ ORDER BY source_name, source_id, extracted_at DESC, id DESC
     backfill_policy=single_run_backfill,
     io_manager_key="postgres_io_manager",
     metadata={"partition_expr": "partition_date", "schema": "public"},
-    check_specs=[dg.AssetCheckSpec(KEYS_CHECK, asset=["core", "unified_items"], blocking=True,
-                                   description="Keys present and unique in the partition.")],
+    check_specs=[dg.AssetCheckSpec(CORE_REFLECTS_RAW_CHECK, asset=["core", "unified_items"], blocking=True,
+                                   description="Every record landed in the partition is in core at its newest "
+                                   "version, or dead-lettered.")],
     tags={"layer": "core"},
 )
 def core_unified_items(context: dg.AssetExecutionContext, postgres: PostgresResource):
     start, end = utc_window(context)
     store = postgres.store()
-    inserted = updated = 0
-    with etl_run(store, run_id=context.run.run_id, asset_key="core/unified_items",
-                 partition_key=partition_label(context)) as counts:
+    run_id = context.run.run_id
+    inserted = updated = resolved = 0
+    with etl_run(store, run_id=run_id, asset_key="core/unified_items", partition_key=partition_label(context)) as counts:
         with store.transaction() as conn:
             for source in SOURCES.all():
                 source_type, source_name = source.source_type, source.name
                 params = {"source_type": source_type, "source_name": source_name,
                           "start": start.date(), "end": end.date()}
+                conn.execute(MARK_TAKEN, params)
+                resolve = conn.execute(OPEN_MAP_DEAD_LETTERS, params).fetchone()[0]
                 with conn.cursor(name=f"raw_{source_type}_{source_name}") as cursor:
                     cursor.execute(RAW_FOR_WINDOW, params)
                     names = None
@@ -68,32 +88,33 @@ def core_unified_items(context: dg.AssetExecutionContext, postgres: PostgresReso
                         counts.extracted += len(raw)
                         result = map_to_unified(raw, source.field_map, dayfirst=getattr(source, "dayfirst", False),
                                                 date_format=getattr(source, "date_format", None))
-                        written = upsert(conn, "unified_items", result.valid, UNIFIED_KEY)
+                        written = upsert(conn, "unified_items", result.valid, UNIFIED_KEY,
+                                         version_column=VERSION_COLUMNS, set_expressions=ROW_VERSION)
                         entity = str(raw["entity"].iloc[0])
-                        record_dead_letters(conn, result.rejects, stage="map", source_type=source_type,
-                                            source_name=source_name, entity=entity, run_id=context.run.run_id)
-                        conn.execute("UPDATE raw_data SET processed_at = now() WHERE id = ANY(%s)",
-                                     (raw["raw_data_id"].tolist(),))
+                        counts.failed += record_dead_letters(
+                            conn, result.rejects, stage="map", source_type=source_type,
+                            source_name=source_name, entity=entity, run_id=run_id)
+                        if resolve:
+                            resolved += resolve_mapped_dead_letters(conn, result.valid["raw_data_id"].tolist(), run_id)
                         counts.loaded += len(result.valid)
-                        counts.failed += len(result.rejects)
                         inserted += written.inserted
                         updated += written.updated
     if counts.failed:
-        context.log.warning(f"{counts.failed} record(s) failed mapping/validation and went to dead_letters")
+        context.log.warning(f"{counts.failed} record(s) newly failed mapping/validation and went to dead_letters")
 
-    keys_check = keys_check_result(store, start, end)
+    check = core_reflects_raw(store, start.date(), end.date())
     yield dg.MaterializeResult(
         metadata={
             "dagster/table_name": "public.unified_items",
-            "dagster/partition_row_count": keys_check.metadata["row_count"],
-            "dagster/row_count": dg.MetadataValue.int(store.fetch_value("SELECT count(*) FROM unified_items")),
+            "dagster/partition_row_count": check.metadata["core_rows"],
             "records_mapped": dg.MetadataValue.int(counts.loaded),
             "records_inserted": dg.MetadataValue.int(inserted),
             "records_updated": dg.MetadataValue.int(updated),
-            "dead_letters": dg.MetadataValue.int(counts.failed),
+            "dead_letters_new": dg.MetadataValue.int(counts.failed),
+            "dead_letters_resolved": dg.MetadataValue.int(resolved),
         }
     )
-    yield keys_check
+    yield check
 
 
 def defs() -> dg.Definitions:

@@ -1,7 +1,8 @@
 """``raw/csv/<name>`` and ``raw/rss/<name>``: one daily-partitioned asset per configured source.
 
-Each run reads its source in batches, keeps the records whose date falls in the run's time window
-(UTC), and lands them in ``raw_data``; records without a usable date go to ``dead_letters``.
+Each run reads its source in batches and lands every dated record in ``raw_data`` under its own
+day (UTC), in the run's window or not; records without a usable date, or dated before the first
+partition, go to ``dead_letters``.
 """
 
 from collections.abc import Callable, Iterable, Iterator
@@ -9,22 +10,40 @@ from collections.abc import Callable, Iterable, Iterator
 import dagster as dg
 import pandas as pd
 
-from kingtavo_pipeline.defs.partitions import daily_partitions, single_run_backfill
+from kingtavo_pipeline.defs.partitions import FIRST_DAY, daily_partitions, single_run_backfill
 from kingtavo_pipeline.defs.resources import PostgresResource
 from kingtavo_pipeline.defs.runs import partition_label, utc_window
-from kingtavo_pipeline.settings import Settings
-from kingtavo_pipeline.sources.config import CsvSource, RssSource, SourcesConfig, default_sources_path, load_sources
+from kingtavo_pipeline.settings import get_settings
+from kingtavo_pipeline.sources.config import (
+    CsvSource,
+    RssSource,
+    SourceConfigError,
+    SourcesConfig,
+    default_sources_path,
+    load_sources,
+)
 from kingtavo_pipeline.sources.csv_source import iter_raw_batches
 from kingtavo_pipeline.sources.rss_source import read_feed
-from kingtavo_pipeline.storage.bookkeeping import etl_run, land_raw, record_dead_letters, set_checkpoint
+from kingtavo_pipeline.storage.bookkeeping import (
+    etl_run,
+    get_checkpoint,
+    land_raw,
+    record_dead_letters,
+    resolve_landed_dead_letters,
+    set_checkpoint,
+)
+from kingtavo_pipeline.storage.errors import redact_url
 
 OWNER = "team:data-integrations"
 
 
 def configured_sources() -> SourcesConfig:
-    """The sources file named by ``KINGTAVO_SOURCES_FILE``, else the packaged samples (read, not connected)."""
-    settings = Settings()
-    return load_sources(settings.sources_file or default_sources_path())
+    """The sources file named by ``KINGTAVO_SOURCES_FILE``, else the packaged samples (read, not connected).
+
+    Runs when the code location loads: a bad file or setting raises one line naming the file and
+    the key (or the variable), which is what ``dagster definitions validate`` and the UI show.
+    """
+    return load_sources(get_settings().sources_file or default_sources_path())
 
 
 def _date_label(source: CsvSource | RssSource) -> str:
@@ -39,10 +58,23 @@ def land_source(
     source: CsvSource | RssSource,
     batches: Iterable[pd.DataFrame],
 ) -> dg.MaterializeResult:
+    """Land every dated record the source delivers, in whatever day it belongs to.
+
+    Nothing is ignored for being outside the run's window: a record of another day is landed in
+    that day (``partition_date``) and left for core (``processed_at`` is NULL), where the
+    late-records sensor finds it. Records dated before the first partition and records without a
+    usable date go to ``dead_letters``.
+    """
     start, end = utc_window(context)
+    first_day = pd.Timestamp(FIRST_DAY, tz="UTC")
     store = postgres.store()
-    new_rows = 0
-    with etl_run(store, run_id=context.run.run_id, asset_key=context.asset_key.to_user_string(),
+    run_id = context.run.run_id
+    new_records = in_window = outside = late = dead = 0
+    other_days: dict = {}
+    with store.transaction() as conn:
+        mark = get_checkpoint(conn, source_type, source.name, source.entity)
+    high_water = pd.Timestamp(mark).tz_convert("UTC").normalize() if mark else None
+    with etl_run(store, run_id=run_id, asset_key=context.asset_key.to_user_string(),
                  partition_key=partition_label(context)) as counts:
         for frame in batches:
             counts.extracted += len(frame)
@@ -50,8 +82,10 @@ def land_source(
             errors = frame["error"]  # set on malformed rows (RAW_COLUMNS)
             malformed = errors.notna()
             undated = occurred.isna() & ~malformed
-            keep = ~malformed & ~undated & (occurred >= start) & (occurred < end)
-            batch = frame.loc[keep, ["source_id", "payload"]].assign(partition_date=occurred[keep].dt.date)
+            too_old = ~malformed & ~undated & (occurred < first_day)
+            keep = ~malformed & ~undated & ~too_old
+            batch = frame.loc[keep, ["source_id", "payload", *(["content_hash"] if "content_hash" in frame else [])]]
+            batch = batch.assign(partition_date=occurred[keep].dt.date)
             rejects = pd.concat(
                 [
                     frame.loc[malformed, ["source_id", "payload"]].assign(
@@ -61,28 +95,52 @@ def land_source(
                         error_type="missing_partition_date",
                         error_message=f"{_date_label(source)} is missing or not a date, so the record belongs to no daily partition",
                     ),
+                    frame.loc[too_old, ["source_id", "payload"]].assign(
+                        error_type="before_first_partition",
+                        error_message=f"{_date_label(source)} is before the first partition ({FIRST_DAY}); "
+                        "move the partitions' start date back to load it",
+                    ),
                 ]
             )
             with store.transaction() as conn:
                 landed = land_raw(conn, batch, source_type=source_type, source_name=source.name,
-                                  entity=source.entity, run_id=context.run.run_id)
-                record_dead_letters(conn, rejects, stage="extract", source_type=source_type,
-                                    source_name=source.name, entity=source.entity, run_id=context.run.run_id)
+                                  entity=source.entity, run_id=run_id)
+                dead += record_dead_letters(conn, rejects, stage="extract", source_type=source_type,
+                                            source_name=source.name, entity=source.entity, run_id=run_id)
+                resolve_landed_dead_letters(conn, stage="extract", source_type=source_type, source_name=source.name,
+                                            entity=source.entity, source_ids=landed.source_ids, run_id=run_id)
                 if len(batch):
                     # the source's high-water mark moves with the rows it covers, in their transaction
                     set_checkpoint(conn, source_type, source.name, source.entity,
-                                   occurred[keep].max().isoformat(), len(batch), monotonic=True)
-            new_rows += landed.inserted
+                                   occurred[keep].max().isoformat(), landed.observed, monotonic=True)
+            new_records += landed.observed
+            window = occurred[keep]
+            in_window += int(((window >= start) & (window < end)).sum())
+            outside += int(((window < start) | (window >= end)).sum())
+            for day, n in landed.partitions.items():
+                ts = pd.Timestamp(day, tz="UTC")
+                if not (start <= ts < end):
+                    other_days[day] = other_days.get(day, 0) + n
+                if high_water is not None and ts < high_water:
+                    late += n
             counts.loaded += len(batch)
-            counts.failed += len(rejects)
+        counts.failed = dead
     if counts.failed:
-        context.log.warning(f"{counts.failed} record(s) of {source.name} were malformed or had no usable date; see dead_letters")
+        context.log.warning(f"{counts.failed} new record(s) of {source.name} were malformed or had no usable date; see dead_letters")
+    if other_days:
+        days = ", ".join(f"{d} ({n})" for d, n in sorted(other_days.items()))
+        context.log.info(f"new records landed outside this run's window, for core to pick up: {days}")
     return dg.MaterializeResult(
         metadata={
             "dagster/table_name": "raw_data",
             "records_read": dg.MetadataValue.int(counts.extracted),
-            "dagster/partition_row_count": dg.MetadataValue.int(counts.loaded),
-            "records_new": dg.MetadataValue.int(new_rows),
+            "dagster/partition_row_count": dg.MetadataValue.int(in_window),
+            "records_outside_window": dg.MetadataValue.int(outside),
+            "records_new": dg.MetadataValue.int(new_records),
+            "late_records": dg.MetadataValue.int(late),
+            "partitions_with_new_records_outside_window": dg.MetadataValue.json(
+                {str(d): n for d, n in sorted(other_days.items())}
+            ),
             "dead_letters": dg.MetadataValue.int(counts.failed),
         }
     )
@@ -102,7 +160,12 @@ def _raw_asset(source_type: str, source: CsvSource | RssSource, batches: Callabl
         tags={"layer": "raw"},
     )
     def _asset(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
-        return land_source(context, postgres, source_type=source_type, source=source, batches=batches())
+        try:
+            return land_source(context, postgres, source_type=source_type, source=source, batches=batches())
+        except SourceConfigError as exc:
+            # The sources file does not match the data: the message says what to fix, and a
+            # retry would fail the same way.
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
 
     return _asset
 
@@ -113,8 +176,9 @@ def build_raw_assets(config: SourcesConfig) -> list[dg.AssetsDefinition]:
         assets.append(_raw_asset("csv", csv_source, lambda s=csv_source: iter_raw_batches(s),
                                  f"CSV rows from {csv_source.path} landed in raw_data."))
     for rss_source in config.rss:
-        assets.append(_raw_asset("rss", rss_source, lambda s=rss_source: iter([read_feed(s)]),
-                                 f"Feed entries from {rss_source.url} landed in raw_data."))
+        # A generator, so the feed is read inside the run's bookkeeping and its errors are recorded.
+        assets.append(_raw_asset("rss", rss_source, lambda s=rss_source: (read_feed(s) for _ in range(1)),
+                                 f"Feed entries from {redact_url(rss_source.url)} landed in raw_data."))
     return assets
 
 

@@ -29,6 +29,9 @@ WAREHOUSE_SCHEMA = pa.schema(
         ("partition_date", pa.date32()),
         ("raw_data_id", pa.int64()),
         ("updated_at", pa.timestamp("us", "UTC")),
+        ("source_updated_at", pa.timestamp("us", "UTC")),
+        ("observed_seq", pa.int64()),
+        ("_version", pa.uint64()),
     ]
 )
 
@@ -39,6 +42,8 @@ def to_warehouse_rows(core: pd.DataFrame) -> pa.Table:
     frame["metadata"] = frame["metadata"].map(
         lambda v: v if isinstance(v, str) or v is None else json.dumps(v)
     )
+    # core's row version grows with every accepted change, so FINAL keeps what core holds now
+    frame["_version"] = frame["row_version"]
     return pa.Table.from_pandas(frame[WAREHOUSE_SCHEMA.names], schema=WAREHOUSE_SCHEMA, preserve_index=False)
 
 
