@@ -202,6 +202,10 @@ def _empty_rejects() -> pd.DataFrame:
     )
 
 
+# JSON's names for the types (what PostgreSQL's jsonb_typeof says too)
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
 def _parse_payload(text: Any) -> dict | str:
     """A dict, or the error message when the payload is not a JSON object."""
     if isinstance(text, dict):
@@ -213,7 +217,7 @@ def _parse_payload(text: Any) -> dict | str:
     except ValueError as exc:
         return f"payload: invalid JSON ({exc})"
     if not isinstance(value, dict):
-        return f"payload: not a JSON object (got {type(value).__name__})"
+        return f"payload: not a JSON object (got {_JSON_TYPES.get(type(value), type(value).__name__)})"
     return value
 
 
@@ -225,6 +229,65 @@ def _partition_dates(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     ts = ts.dt.normalize()
     dates = pd.Series(ts.dt.date, index=values.index, dtype=object).where(ts.notna(), None)
     return dates, ts.dt.tz_localize("UTC").astype(TS_DTYPE)
+
+
+# ------------------------------------------------------------------------ payloads, decoded once
+#
+# The mapping works on columns: one per mapped payload key (``key:<name>``, text or JSON scalars),
+# the unmapped rest as JSON text (``metadata``), and why a payload could not be read
+# (``payload_error``, None when it is a JSON object). A database can hand that shape over directly
+# (core extracts it from jsonb in SQL, see :func:`extraction_sql`); otherwise the payload text is
+# decoded here.
+
+KEY_PREFIX = "key:"
+METADATA_COLUMN = "metadata"
+PAYLOAD_ERROR_COLUMN = "payload_error"
+
+
+def is_extracted(raw: pd.DataFrame, fields: Mapping[str, str]) -> bool:
+    needed = [METADATA_COLUMN, PAYLOAD_ERROR_COLUMN, *(KEY_PREFIX + k for k in fields.values())]
+    return all(c in raw.columns for c in needed)
+
+
+def decode_payloads(payloads: pd.Series, fields: Mapping[str, str]) -> pd.DataFrame:
+    """JSON payload text -> the extracted shape (one ``json.loads`` per row)."""
+    index = payloads.index
+    parsed = [_parse_payload(p) for p in payloads.tolist()]
+    dicts = [p if isinstance(p, dict) else {} for p in parsed]
+    mapped_keys = list(dict.fromkeys(fields.values()))
+    cols = pd.DataFrame.from_records(dicts, columns=mapped_keys, index=index) if mapped_keys else pd.DataFrame(index=index)
+    mapped_set = set(mapped_keys)
+    out = {KEY_PREFIX + k: cols[k] for k in mapped_keys}
+    out[METADATA_COLUMN] = pd.Series(
+        [_dumps({k: v for k, v in d.items() if k not in mapped_set}) for d in dicts], index=index, dtype=object
+    )
+    out[PAYLOAD_ERROR_COLUMN] = pd.Series([p if isinstance(p, str) else None for p in parsed], index=index, dtype=object)
+    return pd.DataFrame(out, index=index)
+
+
+def extraction_sql(fields: Mapping[str, str], payload: str = "payload") -> tuple[str, list[str]]:
+    """SQL select items that extract the shape from a ``jsonb`` column, and their parameters.
+
+    The database does the decoding, so no payload is parsed in Python: ``->>`` gives a key's text
+    (JSON null -> NULL), ``-`` drops the mapped keys for ``metadata``.
+    """
+    keys = list(dict.fromkeys(fields.values()))
+    items = [
+        f"CASE WHEN jsonb_typeof({payload}) = 'object' THEN NULL "
+        f"ELSE 'payload: not a JSON object (got ' || jsonb_typeof({payload}) || ')' END AS {PAYLOAD_ERROR_COLUMN}",
+        f"CASE WHEN jsonb_typeof({payload}) = 'object' THEN ({payload} - %s::text[])::text END AS {METADATA_COLUMN}",
+    ]
+    params: list = [keys]
+    for i, key in enumerate(keys):
+        items.append(f'{payload} ->> %s AS "{KEY_PREFIX}{i}"')
+        params.append(key)
+    return ", ".join(items), params
+
+
+def rename_extracted(frame: pd.DataFrame, fields: Mapping[str, str]) -> pd.DataFrame:
+    """Columns named by :func:`extraction_sql` (by position, so keys need no quoting) -> ``key:<name>``."""
+    keys = list(dict.fromkeys(fields.values()))
+    return frame.rename(columns={f"{KEY_PREFIX}{i}": KEY_PREFIX + key for i, key in enumerate(keys)})
 
 
 # ------------------------------------------------------------------------------------ the mapping
@@ -239,11 +302,14 @@ def map_to_unified(
 ) -> MappingResult:
     """Map a batch of raw rows to the unified schema.
 
+    ``raw`` holds the payload as JSON text, or already decoded (see :func:`extraction_sql`), in which
+    case ``payload`` may be left out and rejects carry ``None`` for it.
     ``fields`` maps unified field -> payload key. ``dayfirst``/``date_format`` apply to
     ``published_at`` (pass the CSV source's settings so dates parse as they did for partitioning).
     Optional text columns hold ``None`` when absent; ``amount`` NaN; ``quantity`` <NA>.
     """
-    missing_cols = [c for c in RAW_INPUT_COLUMNS if c not in raw.columns]
+    required = [c for c in RAW_INPUT_COLUMNS if not (c == "payload" and is_extracted(raw, fields))]
+    missing_cols = [c for c in required if c not in raw.columns]
     if missing_cols:
         raise ValueError(f"raw frame lacks columns {missing_cols}; expected {list(RAW_INPUT_COLUMNS)}")
     unknown = sorted(set(fields) - set(UNIFIED_FIELDS))
@@ -254,19 +320,13 @@ def map_to_unified(
 
     raw = raw.reset_index(drop=True)
     index = raw.index
-    parsed = [_parse_payload(p) for p in raw["payload"].tolist()]
-    malformed = pd.Series([not isinstance(p, dict) for p in parsed], index=index)
-    dicts = [p if isinstance(p, dict) else {} for p in parsed]
-
-    # One frame of just the mapped payload keys (absent keys -> NaN).
-    mapped_keys = list(dict.fromkeys(fields.values()))
-    cols = pd.DataFrame.from_records(dicts, columns=mapped_keys, index=index) if mapped_keys else pd.DataFrame(index=index)
-    mapped_set = set(mapped_keys)
-    metadata = pd.Series(
-        [_dumps({k: v for k, v in d.items() if k not in mapped_set}) for d in dicts],
-        index=index,
-        dtype=object,
-    )
+    if not is_extracted(raw, fields):
+        raw = pd.concat([raw, decode_payloads(raw["payload"], fields)], axis=1)
+    payload_error = raw[PAYLOAD_ERROR_COLUMN].astype(object)
+    malformed = payload_error.notna()
+    cols = {key: raw[KEY_PREFIX + key] for key in dict.fromkeys(fields.values())}
+    metadata = raw[METADATA_COLUMN].astype(object).where(~malformed, "{}")
+    payloads = raw["payload"].astype(object) if "payload" in raw else pd.Series(None, index=index, dtype=object)
 
     def source(field: str) -> pd.Series:
         key = fields.get(field)
@@ -326,7 +386,7 @@ def map_to_unified(
 
     # ---- combine problems: one reject row per record, most serious type, all messages in field order.
     rank = pd.Series(np.where(malformed, _RANK["malformed_payload"], len(ERROR_TYPES)), index=index)
-    messages = pd.Series([p if isinstance(p, str) else "" for p in parsed], index=index, dtype=object)
+    messages = payload_error.fillna("").astype(object)
     for rows, error_type, msgs in problems:
         rank.loc[rows] = np.minimum(rank.loc[rows], _RANK[error_type])
         current = messages.loc[rows]
@@ -340,7 +400,7 @@ def map_to_unified(
                 "source_id": raw.loc[rejected, "source_id"].astype(object).where(raw.loc[rejected, "source_id"].notna(), ""),
                 "raw_data_id": raw.loc[rejected, "raw_data_id"].astype("int64"),
                 "partition_date": raw.loc[rejected, "partition_date"].astype(object),
-                "payload": raw.loc[rejected, "payload"].astype(object),
+                "payload": payloads[rejected],
                 "error_type": rank[rejected].map(dict(enumerate(ERROR_TYPES))).astype(object),
                 "error_message": messages[rejected].astype(object),
             }

@@ -147,8 +147,8 @@ def test_each_reject_kind(overrides, error_type, message):
     ("payload", "message"),
     [
         ("{not json", "payload: invalid JSON"),
-        ("[1, 2]", "payload: not a JSON object (got list)"),
-        ('"text"', "payload: not a JSON object (got str)"),
+        ("[1, 2]", "payload: not a JSON object (got array)"),
+        ('"text"', "payload: not a JSON object (got string)"),
     ],
 )
 def test_malformed_payload(payload, message):

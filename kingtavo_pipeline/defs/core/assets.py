@@ -9,6 +9,7 @@ taken, so none of them can get ahead of the others.
 
 import dagster as dg
 import pandas as pd
+from psycopg import sql
 
 from kingtavo_pipeline.defs.core.checks import CORE_REFLECTS_RAW_CHECK, core_reflects_raw
 from kingtavo_pipeline.defs.ingest.assets import OWNER, SOURCES, raw_assets
@@ -17,7 +18,7 @@ from kingtavo_pipeline.defs.resources import PostgresResource
 from kingtavo_pipeline.defs.runs import partition_label, utc_window
 from kingtavo_pipeline.storage.bookkeeping import etl_run, record_dead_letters, resolve_mapped_dead_letters
 from kingtavo_pipeline.storage.upsert import upsert
-from kingtavo_pipeline.transform.unified import VERSION_COLUMNS, map_to_unified
+from kingtavo_pipeline.transform.unified import VERSION_COLUMNS, extraction_sql, map_to_unified, rename_extracted
 
 UNIFIED_KEY = ("source_type", "source_name", "external_id")
 READ_CHUNK_ROWS = 50_000
@@ -32,11 +33,12 @@ WHERE source_type = %(source_type)s AND source_name = %(source_name)s
   AND partition_date >= %(start)s AND partition_date < %(end)s AND processed_at IS NULL
 """
 
-# The newest observation of each record in the window; chunks stream from a server-side cursor.
+# The newest observation of each record in the window, its payload decoded by the database into
+# the columns the mapping reads (no JSON parsed in Python); chunks stream from a server-side cursor.
 RAW_FOR_WINDOW = """
 SELECT DISTINCT ON (source_id)
-       id AS raw_data_id, source_type, source_name, entity, source_id, partition_date, payload::text AS payload,
-       observed_seq, extracted_at
+       id AS raw_data_id, source_type, source_name, entity, source_id, partition_date, observed_seq, extracted_at,
+       {extracted}
 FROM raw_data
 WHERE source_type = %(source_type)s AND source_name = %(source_name)s
   AND partition_date >= %(start)s AND partition_date < %(end)s
@@ -47,6 +49,15 @@ OPEN_MAP_DEAD_LETTERS = """
 SELECT EXISTS (SELECT 1 FROM dead_letters WHERE stage = 'map' AND status IN ('open', 'retrying')
                AND source_type = %(source_type)s AND source_name = %(source_name)s)
 """
+
+
+def with_payloads(conn, rejects: pd.DataFrame) -> None:
+    """Dead letters keep the payload: fetch it for the rejects only (the read did not carry it)."""
+    if rejects.empty:
+        return
+    ids = rejects["raw_data_id"].astype("int64").tolist()
+    text = dict(conn.execute("SELECT id, payload::text FROM raw_data WHERE id = ANY(%s)", (ids,)).fetchall())
+    rejects["payload"] = [text.get(i) for i in ids]
 
 
 @dg.asset(
@@ -79,15 +90,20 @@ def core_unified_items(context: dg.AssetExecutionContext, postgres: PostgresReso
                           "start": start.date(), "end": end.date()}
                 conn.execute(MARK_TAKEN, params)
                 resolve = conn.execute(OPEN_MAP_DEAD_LETTERS, params).fetchone()[0]
+                fields = source.field_map
+                items, item_params = extraction_sql(fields)
+                query = sql.SQL(RAW_FOR_WINDOW.replace("{extracted}", items.replace("%s", "{}"))).format(
+                    *(sql.Literal(p) for p in item_params))
                 with conn.cursor(name=f"raw_{source_type}_{source_name}") as cursor:
-                    cursor.execute(RAW_FOR_WINDOW, params)
+                    cursor.execute(query, params)
                     names = None
                     while rows := cursor.fetchmany(READ_CHUNK_ROWS):
                         names = names or [d.name for d in cursor.description]
-                        raw = pd.DataFrame(rows, columns=names)
+                        raw = rename_extracted(pd.DataFrame(rows, columns=names), fields)
                         counts.extracted += len(raw)
-                        result = map_to_unified(raw, source.field_map, dayfirst=getattr(source, "dayfirst", False),
+                        result = map_to_unified(raw, fields, dayfirst=getattr(source, "dayfirst", False),
                                                 date_format=getattr(source, "date_format", None))
+                        with_payloads(conn, result.rejects)
                         written = upsert(conn, "unified_items", result.valid, UNIFIED_KEY,
                                          version_column=VERSION_COLUMNS, set_expressions=ROW_VERSION)
                         entity = str(raw["entity"].iloc[0])

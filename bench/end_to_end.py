@@ -1,0 +1,295 @@
+"""End to end: a generated CSV through raw -> core -> warehouse in real Dagster runs.
+
+    python bench/end_to_end.py [--rows 1000000] [--days 5] [--keep DIR]
+
+Generates an N-row, 8-column CSV over ``--days`` days, configures it as the only source
+(``KINGTAVO_SOURCES_FILE``), and runs ``unified_items_job`` over its days as one single-run
+backfill in a fresh Dagster instance with the multiprocess executor (every step in its own
+process, as a deployment runs it), against the configured stores (``KINGTAVO_POSTGRES_URL`` /
+``KINGTAVO_CLICKHOUSE_URL`` when set, else embedded PostgreSQL and chDB under a temporary
+``KINGTAVO_HOME``; on a server it creates and drops a database of its own, and in ClickHouse it
+uses the database ``kingtavo_e2e_bench``). Then it runs the job again on the unchanged file.
+
+It prints, for the first run and the unchanged rerun: each step's wall time (from Dagster's
+step events), end-to-end rows/s, each step's time against a raw PostgreSQL ``COPY`` of the same
+file into a text table measured in the same run, and the peak RSS of every process of the run
+(the run process and each step subprocess, read from ``/proc/<pid>/status`` VmHWM while they
+live). The row counts of both stores are checked at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+START = date(2024, 11, 1)
+COLUMNS = ["order_id", "order_date", "customer", "product", "category", "total", "qty", "notes"]
+
+
+def generate_csv(path: Path, rows: int, days: int, chunk: int = 500_000) -> int:
+    """Write the CSV chunk by chunk (vectorised; memory bounded by ``chunk``). Returns bytes."""
+    rng = np.random.default_rng(7)
+    products = np.array([f"Product {i:04d}" for i in range(500)], dtype=object)
+    categories = np.array(["tools", "garden", "kitchen", "toys", "books", "sports"], dtype=object)
+    customers = np.array([f"customer-{i:06d}@example.com" for i in range(20_000)], dtype=object)
+    day_strings = np.array([(START + timedelta(days=d)).isoformat() for d in range(days)], dtype=object)
+    with open(path, "wb") as out:
+        for first in range(0, rows, chunk):
+            n = min(chunk, rows - first)
+            idx = np.arange(first, first + n)
+            seconds = rng.integers(0, 86_400, n)
+            hms = [f"T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}Z" for s in seconds]
+            table = pa.table(
+                {
+                    "order_id": pc.cast(pa.array(idx), pa.string()),
+                    "order_date": pa.array(day_strings[idx % days] + np.array(hms, dtype=object)),
+                    "customer": pa.array(customers[rng.integers(0, len(customers), n)]),
+                    "product": pa.array(products[idx % len(products)]),
+                    "category": pa.array(categories[idx % len(categories)]),
+                    "total": pc.cast(pa.array(np.round(rng.uniform(1, 500, n), 2)), pa.string()),
+                    "qty": pc.cast(pa.array(rng.integers(1, 20, n)), pa.string()),
+                    "notes": pa.array(np.where(idx % 3 == 0, "gift wrap, please", "")),
+                }
+            )
+            pacsv.write_csv(table, out, pacsv.WriteOptions(include_header=first == 0))
+    return path.stat().st_size
+
+
+SOURCES_YAML = """csv:
+  - name: bench_orders
+    path: {path}
+    entity: orders
+    id_column: order_id
+    date_column: order_date
+    delimiter: ","
+    encoding: utf-8
+    fields:
+      external_id: order_id
+      title: product
+      description: notes
+      category: category
+      amount: total
+      quantity: qty
+      published_at: order_date
+"""
+
+
+class RssSampler:
+    """Polls the peak RSS (VmHWM) of this process and every descendant while they live."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.peaks: dict[int, tuple[str, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        kids = []
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                kids += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return kids
+
+    def _sample(self) -> None:
+        todo = [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+            name = self.peaks.get(pid, (cmd, 0))[0] or cmd
+            self.peaks[pid] = (name, max(hwm, self.peaks.get(pid, ("", 0))[1]))
+            todo += self._children(pid)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def label(cmd: str) -> str:
+    if "postgres" in cmd.split(" ")[0]:
+        return "postgres server"
+    if "multiprocessing" in cmd:
+        return "executor helper process"
+    return cmd[:48]
+
+
+def raw_copy_seconds(store, csv_path: Path) -> float:
+    """COPY the file as is into an 8-text-column table: the floor for landing it in PostgreSQL."""
+    from psycopg import sql
+
+    with store.transaction() as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_raw_copy")
+        conn.execute(sql.SQL("CREATE TABLE bench_raw_copy ({})").format(
+            sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in COLUMNS)))
+    started = time.perf_counter()
+    with store.transaction() as conn, conn.cursor() as cur:
+        with cur.copy("COPY bench_raw_copy FROM STDIN (FORMAT CSV, HEADER true)") as copy, open(csv_path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                copy.write(chunk)
+    elapsed = time.perf_counter() - started
+    with store.transaction() as conn:
+        conn.execute("DROP TABLE bench_raw_copy")
+    return elapsed
+
+
+def fresh_postgres_database() -> tuple[str, str] | None:
+    """On a configured server, work in a database of our own (never in the server's data)."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    server = os.environ.get("KINGTAVO_POSTGRES_URL")
+    if not server:
+        return None
+    name = f"kingtavo_e2e_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base, _, query = server.partition("?")
+    os.environ["KINGTAVO_POSTGRES_URL"] = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+    return server, name
+
+
+def drop_postgres_database(bench_db: tuple[str, str]) -> None:
+    import psycopg
+    from psycopg import sql
+
+    from kingtavo_pipeline.storage.postgres import forget_stores
+
+    forget_stores()
+    server, name = bench_db
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def run_job(instance, start: str, end: str):
+    import dagster as dg
+    from dagster._core.events import DagsterEventType
+
+    from kingtavo_pipeline.defs.schedules import unified_items_job  # noqa: F401 - the job's module
+
+    job = dg.reconstructable(_job)
+    started = time.perf_counter()
+    with RssSampler() as sampler:
+        result = dg.execute_job(
+            job, instance=instance,
+            tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end},
+        )
+    wall = time.perf_counter() - started
+    if not result.success:
+        raise SystemExit(f"run {result.run_id} failed; see the Dagster instance at {instance.root_directory}")
+    steps: dict[str, list[float]] = {}
+    names = {os.getpid(): "run process (this script)"}
+    for record in instance.all_logs(result.run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS}):
+        steps.setdefault(record.step_key, []).append(record.timestamp)
+        if record.dagster_event and record.dagster_event.pid:
+            names[record.dagster_event.pid] = f"step {record.step_key}"
+    step_seconds = {k: max(v) - min(v) for k, v in steps.items() if len(v) == 2}
+    peaks = {pid: (names.get(pid) or label(cmd), kib) for pid, (cmd, kib) in sampler.peaks.items()}
+    return wall, step_seconds, peaks
+
+
+def _job():
+    from kingtavo_pipeline.definitions import defs
+
+    return defs().resolve_job_def("unified_items_job")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=5)
+    parser.add_argument("--keep", help="work folder to keep (default: a temporary one, deleted)")
+    args = parser.parse_args()
+
+    work = Path(args.keep or tempfile.mkdtemp(prefix="kingtavo-e2e-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("KINGTAVO_HOME", str(work / "home"))
+    dagster_home = work / "dagster"
+    dagster_home.mkdir(exist_ok=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", dagster_home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    csv_path = work / "orders.csv"
+    size = generate_csv(csv_path, args.rows, args.days)
+    (work / "sources.yaml").write_text(SOURCES_YAML.format(path=csv_path))
+    os.environ["KINGTAVO_SOURCES_FILE"] = str(work / "sources.yaml")
+    print(f"{args.rows:,} rows, {size / 2**20:.0f} MiB, {args.days} days in {csv_path}")
+
+    import dagster as dg
+
+    from kingtavo_pipeline.settings import Settings
+    from kingtavo_pipeline.storage.clickhouse import open_clickhouse
+    from kingtavo_pipeline.storage.postgres import get_store
+
+    bench_db = fresh_postgres_database()
+    os.environ["KINGTAVO_CLICKHOUSE_DATABASE"] = "kingtavo_e2e_bench"
+    settings = Settings()
+    with open_clickhouse(settings, migrate=False) as client:
+        client.command("DROP DATABASE IF EXISTS kingtavo_e2e_bench")
+    store = get_store(settings)  # keeps an embedded server up for the steps
+    copy_s = raw_copy_seconds(store, csv_path)
+    print(f"PostgreSQL {store!r}; ClickHouse {settings.clickhouse_dsn.split('@')[-1]}")
+    print(f"raw PostgreSQL COPY of the file: {copy_s:.2f} s ({args.rows / copy_s:,.0f} rows/s)\n")
+
+    start, end = START.isoformat(), (START + timedelta(days=args.days - 1)).isoformat()
+    with dg.DagsterInstance.get() as instance:
+        runs = [("first run", *run_job(instance, start, end)), ("unchanged rerun", *run_job(instance, start, end))]
+
+    for name, wall, steps, peaks in runs:
+        print(f"== {name}: {wall:.1f} s wall, {args.rows / wall:,.0f} rows/s end to end, {wall / copy_s:.1f}x raw COPY")
+        print(f"  {'step':<48} {'s':>8} {'x COPY':>8}")
+        for step, seconds in sorted(steps.items(), key=lambda kv: kv[0]):
+            print(f"  {step:<48} {seconds:>8.2f} {seconds / copy_s:>8.2f}")
+        print(f"  {'process':<48} {'peak RSS MiB':>12}")
+        for pid, (cmd, kib) in sorted(peaks.items(), key=lambda kv: -kv[1][1]):
+            if kib > 50 * 1024:
+                print(f"  {cmd + f' ({pid})':<48} {kib / 1024:>12.0f}")
+    first, rerun = runs[0][1], runs[1][1]
+    print(f"\nunchanged rerun: {first / rerun:.1f}x faster than the first run")
+
+    core = store.fetch_value("SELECT count(*) FROM unified_items")
+    with open_clickhouse(settings) as client:
+        warehouse = client.query("SELECT count() FROM unified_items FINAL").result_rows[0][0]
+    print(f"rows: core {core:,}, warehouse {warehouse:,}")
+    assert core == warehouse == args.rows, "the stores disagree with the file"
+    with open_clickhouse(settings, migrate=False) as client:
+        client.command("DROP DATABASE IF EXISTS kingtavo_e2e_bench")
+    if bench_db:
+        drop_postgres_database(bench_db)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
