@@ -214,10 +214,11 @@ def land_raw(
         ).format(stage)
     )
     copy_arrow(conn, stage, frame)
-    # the last row of a record in the batch is what we observe now
-    conn.execute(
-        sql.SQL("DELETE FROM {s} a USING {s} b WHERE a.source_id = b.source_id AND a.ord < b.ord").format(s=stage)
-    )
+    if frame.num_rows > frame.select(["source_id"]).group_by("source_id").aggregate([]).num_rows:
+        # the last row of a record in the batch is what we observe now
+        conn.execute(
+            sql.SQL("DELETE FROM {s} a USING {s} b WHERE a.source_id = b.source_id AND a.ord < b.ord").format(s=stage)
+        )
     conn.execute(sql.SQL("ANALYZE {}").format(stage))
     rows = conn.execute(
         sql.SQL(_LAND_SQL).format(stage=stage),

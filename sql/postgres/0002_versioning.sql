@@ -11,8 +11,8 @@ UPDATE raw_data SET observed_seq = id WHERE observed_seq IS NULL;
 SELECT setval('raw_observation_seq', coalesce((SELECT max(observed_seq) FROM raw_data), 0) + 1, false);
 ALTER TABLE raw_data ALTER COLUMN observed_seq SET DEFAULT nextval('raw_observation_seq');
 ALTER TABLE raw_data ALTER COLUMN observed_seq SET NOT NULL;
-CREATE INDEX IF NOT EXISTS raw_data_record_idx
-    ON raw_data (source_type, source_name, entity, source_id, observed_seq DESC);
+-- (the newest observation of a record is found through raw_data_content_key's leading columns:
+-- a record has few observations, and a second index cost every landing ~10%)
 -- what the late-records sensor looks for: landed, not yet taken by a core run
 CREATE INDEX IF NOT EXISTS raw_data_unprocessed_idx ON raw_data (observed_seq) WHERE processed_at IS NULL;
 
