@@ -9,6 +9,7 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     DagsterInstance,
+    DailyPartitionsDefinition,
     DynamicPartitionsDefinition,
     MultiPartitionKey,
     MultiPartitionsDefinition,
@@ -20,7 +21,7 @@ from dagster import (
 )
 
 from kingtavo_pipeline_tests.io_helpers import DAILY, SHOPS, load, rows, write
-from kingtavo_pipeline.io_managers import ClickHouseIOManager, PartitionLayoutError
+from kingtavo_pipeline.io_managers import ClickHouseIOManager, ColumnTypeError, PartitionLayoutError
 
 DB = "io_test"
 DAY_META = {"partition_expr": "day", "order_by": ["shop", "id"]}
@@ -178,7 +179,12 @@ def test_backfill_range_in_one_run_replaces_exactly_those_days(iom, clickhouse, 
     }
     mats = result.asset_materializations_for_node("ranged")
     assert sorted(m.partition for m in mats) == ["2024-01-01", "2024-01-02", "2024-01-03"]
-    assert mats[0].metadata["dagster/partition_row_count"].value == 6
+    # each partition's own count on its own materialization
+    assert {m.partition: m.metadata["dagster/partition_row_count"].value for m in mats} == {
+        "2024-01-01": 3,
+        "2024-01-02": 0,
+        "2024-01-03": 3,
+    }
     assert mats[0].metadata["dagster/row_count"].value == 8
     assert mats[0].metadata["partitions_dropped"].value == 1
     # the fixture's client still works after the run opened and closed its own
@@ -338,3 +344,111 @@ def test_hourly_partitions_get_hourly_ch_partitions(iom, clickhouse):
     write(iom, ["hits"], hour(2, 3), partition_key="2024-01-01-02:00", pdef=hourly, metadata=meta)
     write(iom, ["hits"], hour(1, 1), partition_key="2024-01-01-01:00", pdef=hourly, metadata=meta)
     assert clickhouse.query(f"SELECT toHour(at), count() FROM {DB}.hits FINAL GROUP BY 1 ORDER BY 1").result_rows == [(1, 1), (2, 3)]
+
+
+# --- column types, keys, counts, long ranges ---------------------------------------------------
+
+
+def column_types(clickhouse, table: str) -> dict[str, str]:
+    return dict(clickhouse.query(f"SELECT name, type FROM system.columns WHERE database = '{DB}' AND table = '{table}'").result_rows)
+
+
+def test_output_that_does_not_fit_the_column_types_is_refused(iom, clickhouse):
+    """Text into a Nullable(Int64) column would be stored as NULLs; the old partition must stay."""
+    day = {"partition_key": "2024-01-01", "pdef": DAILY, "metadata": DAY_META}
+    write(iom, ["fitted"], rows("2024-01-01", 3).assign(qty=pd.array([1, 2, None], dtype="Int64")), **day)
+    assert column_types(clickhouse, "fitted")["qty"] == "Nullable(Int64)"
+
+    def stored() -> list[tuple]:
+        return clickhouse.query(f"SELECT id, qty, tag FROM {DB}.fitted FINAL ORDER BY id").result_rows
+
+    before = [(0, 1, "v1"), (1, 2, "v1"), (2, None, "v1")]
+    assert stored() == before
+    text = rows("2024-01-01", 3, "v2").assign(qty=["1", "2", "many"], value=["a", "b", "c"])
+    misfits = (
+        r"\['value', 'qty'\].*value: Nullable\(Float64\) in ClickHouse, (large_)?string in the output; "
+        r"qty: Nullable\(Int64\) in ClickHouse, (large_)?string in the output"
+    )
+    with pytest.raises(ColumnTypeError, match=misfits):
+        write(iom, ["fitted"], text, **day)
+    assert stored() == before
+    with pytest.raises(ColumnTypeError, match=r"qty: Nullable\(Int64\) in ClickHouse, double in the output.*fractional"):
+        write(iom, ["fitted"], rows("2024-01-01", 2, "v2").assign(qty=[1.5, None]), **day)
+    assert stored() == before
+    # whole floats (pandas' integers with gaps) fit
+    write(iom, ["fitted"], rows("2024-01-01", 2, "v2").assign(qty=[7.0, None]), **day)
+    assert stored() == [(0, 7, "v2"), (1, None, "v2")]
+    assert no_stage_tables(clickhouse)
+
+
+def test_generated_keys_are_not_nullable_and_a_null_key_is_refused(iom, clickhouse):
+    fields = [("day", pa.date32()), ("shop", pa.string()), ("id", pa.int64()), ("tag", pa.string())]
+    schema = pa.schema([pa.field(name, t, nullable=True) for name, t in fields])
+
+    def table(ids: list, tag: str) -> pa.Table:
+        n = len(ids)
+        return pa.table([[dt.date(2024, 1, 1)] * n, ["north"] * n, ids, [tag] * n], schema=schema)
+
+    day = {"partition_key": "2024-01-01", "pdef": DAILY, "metadata": DAY_META}
+    write(iom, ["keyed"], table([1, 2], "v1"), **day)
+    types = column_types(clickhouse, "keyed")
+    assert (types["day"], types["shop"], types["id"], types["tag"]) == ("Date32", "String", "Int64", "Nullable(String)")
+    with pytest.raises(ValueError, match=r"key column\(s\) \['id'\] .* hold NULLs"):
+        write(iom, ["keyed"], table([3, None], "v2"), **day)
+    assert tags_by(clickhouse, "keyed") == {"2024-01-01": (2, ["v1"])}
+    assert no_stage_tables(clickhouse)
+
+
+def test_row_count_is_the_stored_rows_read_from_parts(clickhouse, clickhouse_dsn):
+    """dagster/row_count comes from system.parts, not a count over the table with FINAL: rows
+    that FINAL would collapse (not merged away yet) are still counted."""
+    iom = ClickHouseIOManager(clickhouse_url=clickhouse_dsn, database=DB, batch_rows=2).create_io_manager(
+        build_init_resource_context()
+    )
+    day = {"partition_key": "2024-01-01", "pdef": DAILY, "metadata": DAY_META}
+    write(iom, ["parts"], rows("2024-01-01", 1), **day)
+    clickhouse.command(f"SYSTEM STOP MERGES {DB}.parts")  # keep the duplicate below in its own part
+    twice = pd.concat([rows("2024-01-01", 2), rows("2024-01-01", 1, "dup")], ignore_index=True)  # id 0 twice
+    meta = write(iom, ["parts"], twice, **day)  # two inserts into the stage: [0, 1] and [0]
+    assert clickhouse.query(f"SELECT count() FROM {DB}.parts FINAL").result_rows == [(2,)]
+    assert clickhouse.query(f"SELECT count() FROM {DB}.parts").result_rows == [(3,)]
+    assert (meta["dagster/row_count"], meta["dagster/partition_row_count"], meta["rows_written"]) == (3, 3, 3)
+
+
+LONG = DailyPartitionsDefinition(start_date="2023-01-01", end_date="2025-01-01")
+
+
+def test_a_range_over_400_daily_partitions_is_one_write(iom, clickhouse):
+    """More partitions than ClickHouse's 100 per INSERT block, in one single-run backfill slice."""
+    days = [(dt.date(2023, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(400)]
+    key_range = PartitionKeyRange(days[0], days[-1])
+    for tag in ("v1", "v2"):  # the second run replaces all 400
+        frame = pd.concat([rows(d, 3, tag) for d in days], ignore_index=True)
+        meta = write(iom, ["long"], frame, key_range=key_range, pdef=LONG, metadata=DAY_META)
+        assert meta["partitions_replaced"] == 400
+        assert meta["partition_row_counts"] == dict.fromkeys(days, 3)
+    per_day = clickhouse.query(
+        f"SELECT count(), min(c), max(c), groupUniqArray(t) "
+        f"FROM (SELECT day, count() AS c, any(tag) AS t FROM {DB}.long GROUP BY day)"
+    ).result_rows
+    assert per_day == [(400, 3, 3, ["v2"])]
+    assert clickhouse.query(f"SELECT uniqExact(_partition_id) FROM {DB}.long").result_rows == [(400,)]
+    assert no_stage_tables(clickhouse)
+
+
+@pytest.mark.parametrize("expr", ["toDate(event_time)", "toYYYYMMDD(event_time)"])
+def test_expression_partition_expr_makes_its_column_a_key(iom, clickhouse, expr):
+    """The column a partition expression uses is part of the partition key: not Nullable, no NULLs."""
+    meta = {"partition_expr": expr, "order_by": ["id"]}
+    at = dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone.utc)
+    schema = pa.schema([pa.field("event_time", pa.timestamp("us", "UTC")), pa.field("id", pa.int64()), pa.field("note", pa.string())])
+    day = {"partition_key": "2024-01-01", "pdef": DAILY, "metadata": meta}
+    write(iom, ["by_expr"], pa.table([[at, at], [1, 2], ["a", None]], schema=schema), **day)
+    types = column_types(clickhouse, "by_expr")
+    assert (types["event_time"], types["id"], types["note"]) == ("DateTime64(6, 'UTC')", "Int64", "Nullable(String)")
+    assert clickhouse.query(
+        f"SELECT partition_key FROM system.tables WHERE database = '{DB}' AND name = 'by_expr'"
+    ).result_rows == [(expr,)]
+    with pytest.raises(ValueError, match=r"key column\(s\) \['event_time'\]"):
+        write(iom, ["by_expr"], pa.table([[at, None], [1, 2], ["b", "b"]], schema=schema), **day)
+    assert clickhouse.query(f"SELECT id, note FROM {DB}.by_expr FINAL ORDER BY id").result_rows == [(1, "a"), (2, None)]

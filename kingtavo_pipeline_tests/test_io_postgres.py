@@ -4,7 +4,6 @@
 import datetime as dt
 import json
 import threading
-import time
 from decimal import Decimal
 
 import pandas as pd
@@ -25,7 +24,7 @@ from dagster import (
 )
 from dagster._core.storage.db_io_manager import DbTypeHandler
 
-from kingtavo_pipeline_tests.io_helpers import DAILY, SHOPS, load, rows, write
+from kingtavo_pipeline_tests.io_helpers import DAILY, SHOPS, Worker, load, rows, wait_until, write
 from kingtavo_pipeline.io_managers import PostgresIOManager, PostgresPandasTypeHandler
 
 SCHEMA = "io_test"
@@ -148,8 +147,9 @@ def test_daily_partition_replace_is_idempotent_and_scoped(iom, store, kind):
         meta = write(
             iom, ["events"], convert(rows("2024-01-01", 4, "v2")), partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META
         )
-        assert meta["dagster/row_count"] == 6
+        # the partition's own count; no count of the whole table on a partitioned write
         assert meta["dagster/partition_row_count"] == 4
+        assert "dagster/row_count" not in meta
         assert tags_by_day(store, "events") == {"2024-01-01": (4, {"v2"}), "2024-01-02": (2, {"v1"})}
 
     loaded = load(iom, ["events"], pd.DataFrame if kind == "pandas" else pa.Table, partition_key="2024-01-02", pdef=DAILY, metadata=DAY_META)
@@ -198,9 +198,26 @@ def test_backfill_range_in_one_run_replaces_exactly_those_days(iom, store, postg
     }
     mats = result.asset_materializations_for_node("ranged")
     assert sorted(m.partition for m in mats) == ["2024-01-01", "2024-01-02", "2024-01-03"]
-    mat = mats[0]
-    assert mat.metadata["dagster/partition_row_count"].value == 9
-    assert mat.metadata["dagster/row_count"].value == 11
+    assert {m.partition: m.metadata["dagster/partition_row_count"].value for m in mats} == {
+        "2024-01-01": 3,
+        "2024-01-02": 3,
+        "2024-01-03": 3,
+    }
+    assert all("dagster/row_count" not in m.metadata for m in mats)
+
+
+def test_row_count_is_reported_only_where_it_costs_nothing(iom, store):
+    """No count(*) over the table on a partitioned write: each partition's own count, and the
+    planner's estimate once the table has been analyzed; an unpartitioned replace knows its total."""
+    assert write(iom, ["whole"], rows("2024-01-01", 3))["dagster/row_count"] == 3
+    day = {"pdef": DAILY, "metadata": DAY_META}
+    first = write(iom, ["days"], rows("2024-01-01", 3), partition_key="2024-01-01", **day)
+    assert "dagster/row_count" not in first and "row_count_estimate" not in first  # never analyzed
+    with store.transaction() as conn:
+        conn.execute(f"ANALYZE {SCHEMA}.days")
+    second = write(iom, ["days"], rows("2024-01-02", 2), partition_key="2024-01-02", **day)
+    assert "dagster/row_count" not in second
+    assert (second["dagster/partition_row_count"], second["row_count_estimate"]) == (2, 3)
 
 
 # --- static, dynamic, multi --------------------------------------------------------------------
@@ -211,7 +228,7 @@ def test_static_partitions_with_quoted_key(iom, store):
     write(iom, ["shops"], rows("2024-01-01", 2, shop="o'brien"), partition_key="o'brien", pdef=SHOPS, metadata=meta)
     write(iom, ["shops"], rows("2024-01-01", 3, shop="north"), partition_key="north", pdef=SHOPS, metadata=meta)
     out = write(iom, ["shops"], rows("2024-01-01", 1, "v2", shop="o'brien"), partition_key="o'brien", pdef=SHOPS, metadata=meta)
-    assert (out["dagster/row_count"], out["dagster/partition_row_count"]) == (4, 1)
+    assert out["dagster/partition_row_count"] == 1
     got = load(iom, ["shops"], pa.Table, partition_key="o'brien", pdef=SHOPS, metadata=meta)
     assert got.column("tag").to_pylist() == ["v2"]
     assert store.fetch_value(f"SELECT count(*) FROM {SCHEMA}.shops WHERE shop = 'north' AND tag = 'v1'") == 3
@@ -311,30 +328,48 @@ def test_failure_after_the_insert_rolls_back_delete_and_insert(store, postgres_u
 
 def test_concurrent_replaces_of_one_partition_do_not_duplicate(store, postgres_url):
     """A second run replacing the same partition while the first is mid-transaction waits for it."""
+    copied, release = threading.Event(), threading.Event()
 
-    class SlowHandler(PostgresPandasTypeHandler):
+    class HeldHandler(PostgresPandasTypeHandler):
         def handle_output(self, context, table_slice, obj, connection):
             metadata = super().handle_output(context, table_slice, obj, connection)
-            time.sleep(1.0)  # COPY done, transaction still open
+            copied.set()  # COPY done, transaction still open
+            if not release.wait(timeout=60):
+                raise TimeoutError("the test never released the first writer")
             return metadata
 
-    class SlowIOManager(PostgresIOManager):
+    class HeldIOManager(PostgresIOManager):
         @staticmethod
         def type_handlers() -> list[DbTypeHandler]:
-            return [SlowHandler()]
+            return [HeldHandler()]
 
     fast = PostgresIOManager(postgres_url=postgres_url, schema=SCHEMA).create_io_manager(build_init_resource_context())
-    slow = SlowIOManager(postgres_url=postgres_url, schema=SCHEMA).create_io_manager(build_init_resource_context())
-    write(fast, ["raced"], rows("2024-01-01", 2), partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META)
-    first = threading.Thread(
-        target=write, args=(slow, ["raced"], rows("2024-01-01", 3, "slow")),
-        kwargs={"partition_key": "2024-01-01", "pdef": DAILY, "metadata": DAY_META},
-    )
+    held = HeldIOManager(postgres_url=postgres_url, schema=SCHEMA).create_io_manager(build_init_resource_context())
+    day = {"partition_key": "2024-01-01", "pdef": DAILY, "metadata": DAY_META}
+    write(fast, ["raced"], rows("2024-01-01", 2), **day)
+
+    first = Worker(write, held, ["raced"], rows("2024-01-01", 3, "held"), **day)
     first.start()
-    time.sleep(0.4)
-    write(fast, ["raced"], rows("2024-01-01", 4, "fast"), partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META)
-    first.join()
+    try:
+        assert copied.wait(timeout=60), "the first writer never finished its COPY"
+        second = Worker(write, fast, ["raced"], rows("2024-01-01", 4, "fast"), **day)
+        second.start()
+        # the second writer must queue on the first's lock, not run its DELETE beside it
+        wait_until(lambda: advisory_lock_waiters(store) == 1, "the second writer to wait on the first's lock")
+        assert second.is_alive()
+        assert tags_by_day(store, "raced") == {"2024-01-01": (2, {"v1"})}  # nothing committed yet
+    finally:
+        release.set()
+    first.join_and_raise()
+    second.join_and_raise()
     assert tags_by_day(store, "raced") == {"2024-01-01": (4, {"fast"})}
+
+
+def advisory_lock_waiters(store) -> int:
+    return store.fetch_value(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()"
+    )
 
 
 def test_columns_the_table_lacks_are_an_error(iom, store):
@@ -408,7 +443,7 @@ def test_upsert_mode_never_lets_an_older_version_win(store, postgres_url):
     newer = pa.Table.from_pandas(unified(["a", "c"], "newer", "2024-01-01T11:00"), preserve_index=False)
     meta = write(iom, key, newer, partition_key="2024-01-01", pdef=DAILY, metadata=UPSERT_META)
     assert (meta["rows_inserted"], meta["rows_updated"], meta["rows_unchanged"]) == (1, 1, 0)
-    assert meta["dagster/row_count"] == 3
+    assert meta["dagster/partition_row_count"] == 3  # the partition's rows after the upsert, not the rows sent
     # no slice delete in upsert mode: "b" is still there
     assert store.fetch_all("SELECT external_id, title FROM unified_items ORDER BY external_id") == [
         ("a", "newer"),

@@ -1,16 +1,24 @@
 """Dagster IO managers for the operational store (PostgreSQL) and the warehouse (ClickHouse).
 
 Both are built on Dagster's ``DbIOManager`` framework and store pandas DataFrames and Arrow tables
-(``pyarrow.Table``) one table per asset, replacing a partition atomically:
+(``pyarrow.Table``) one table per asset, replacing a partition atomically, and stream
+``pyarrow.RecordBatchReader`` in (batches of at most ``batch_rows`` rows) and out (a reader, or an
+iterator of ``RecordBatch``/``Table``):
 
 * :class:`PostgresIOManager`: DELETE of the slice and COPY of the new rows in one transaction, or
   a guarded upsert for core tables (``write_mode: "upsert"``).
-* :class:`ClickHouseIOManager`: REPLACE/DROP PARTITION from a stage table, never a mutation.
+* :class:`ClickHouseIOManager`: REPLACE/DROP PARTITION from a stage table, never a mutation; an
+  output whose values the table's column types cannot hold is refused (:class:`ColumnTypeError`).
+
+A time window compares with ``partition_expr`` by the expression's type: dates as dates in the
+partitions' time zone, timestamps as instants, integers as ``YYYYMMDD``. Loading a table that does
+not exist yet gives an empty result. Each written partition's row count is reported as its own
+``dagster/partition_row_count``.
 
 Asset metadata conventions (see the modules for detail):
 
 ==================  =====================================================================
-``partition_expr``  column/expression of the partition value; ``{dimension: expr}`` for multi
+``partition_expr``  column or SQL expression of the partition value; ``{dimension: expr}`` for multi
 ``schema``          PostgreSQL schema / ClickHouse database overriding the IO manager's config
 ``columns``         on an input: load only these columns
 ``write_mode``      PostgreSQL: ``"replace"`` (default) or ``"upsert"``
@@ -25,6 +33,8 @@ from kingtavo_pipeline.io_managers.clickhouse import (
     ClickHouseDbClient,
     ClickHouseIOManager,
     ClickHousePandasTypeHandler,
+    ClickHouseStreamTypeHandler,
+    ColumnTypeError,
     PartitionLayoutError,
 )
 from kingtavo_pipeline.io_managers.postgres import (
@@ -32,6 +42,7 @@ from kingtavo_pipeline.io_managers.postgres import (
     PostgresDbClient,
     PostgresIOManager,
     PostgresPandasTypeHandler,
+    PostgresStreamTypeHandler,
 )
 
 __all__ = [
@@ -39,9 +50,12 @@ __all__ = [
     "ClickHouseDbClient",
     "ClickHouseIOManager",
     "ClickHousePandasTypeHandler",
+    "ClickHouseStreamTypeHandler",
+    "ColumnTypeError",
     "PartitionLayoutError",
     "PostgresArrowTypeHandler",
     "PostgresDbClient",
     "PostgresIOManager",
     "PostgresPandasTypeHandler",
+    "PostgresStreamTypeHandler",
 ]

@@ -4,13 +4,24 @@ One output is one transaction: ``DbIOManager.handle_output`` opens :meth:`Postgr
 (a psycopg connection inside :meth:`PostgresStore.transaction`), deletes the slice, and the type
 handler COPYs the new rows; both commit together, so a failure anywhere leaves the old rows.
 
+Types: pandas ``DataFrame``, ``pyarrow.Table`` and, for slices too large to hold at once,
+``pyarrow.RecordBatchReader``. An input annotated ``pa.RecordBatchReader`` streams the slice out
+through ``COPY ... TO STDOUT`` in batches of at most ``batch_rows`` rows (IO manager config), on a
+connection of its own that is released when the reader is exhausted or closed. An output may be
+a ``RecordBatchReader`` or any iterator of ``pa.RecordBatch``/``pa.Table`` (one schema): each part
+is COPYed as it comes, in the one transaction. (Return a generator as ``dg.Output(generator)``:
+Dagster takes a bare returned generator for a stream of events.)
+
 Asset definition metadata the IO manager reads:
 
 ``partition_expr``
     SQL expression (usually a column) holding the partition value; a ``{dimension: expr}`` mapping
-    for multi-partitioned assets. Time windows compare as ``expr >= start AND expr < end`` with
-    UTC timestamps (every session runs in ``TimeZone=UTC``, so ``date`` columns compare right);
-    static and dynamic keys as ``expr IN ('a', 'b')``.
+    for multi-partitioned assets. A time window is compared according to the expression's type:
+    a ``date`` against the window's dates in the partitions' time zone (the day 2024-01-01 of a
+    partitions definition in America/New_York is ``date '2024-01-01'``), ``timestamptz`` as
+    instants, ``timestamp`` (no zone) as UTC, an integer as ``YYYYMMDD``. Static and dynamic keys
+    compare as ``expr IN ('a', 'b')``. An expression such as ``(event_time::date)`` works as well
+    as a column.
 ``schema``
     Overrides the IO manager's ``schema`` config for this asset.
 ``columns`` (on an input)
@@ -21,18 +32,29 @@ Asset definition metadata the IO manager reads:
     guarded by ``version_column`` (default ``"updated_at"``; ``None`` for no version guard), so an
     older version never overwrites a newer one.
 
-A missing table is created from the Arrow schema (plus an index on the partition columns, and in
+A missing table is created from the Arrow schema (plus an index on plain partition columns, and in
 upsert mode a unique constraint on the keys). Columns are never added: an output with columns the
-table lacks fails with an error naming them.
+table lacks fails with an error naming them. Loading a table that does not exist yet (the first
+partition of an asset that reads its own previous partition) gives an empty result: no rows, and
+the input's ``columns`` (typed ``null``) if it names any, else no columns.
+
+Output metadata: ``dagster/partition_row_count`` is each partition's own row count, counted in
+the written slice inside the transaction (see :func:`partition_count_metadata` for ranges);
+``dagster/row_count`` is reported only where it is free and exact (an unpartitioned replace:
+the rows written). Elsewhere counting the table would cost a scan on every write, so
+``row_count_estimate`` carries PostgreSQL's planner estimate (``pg_class.reltuples``) once the
+table has been analyzed.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import io
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -45,11 +67,16 @@ from dagster import (
     ConfigurableIOManagerFactory,
     InitResourceContext,
     InputContext,
+    MetadataValue,
+    MultiPartitionKey,
+    MultiPartitionsDefinition,
     OutputContext,
     TableColumn,
     TableSchema,
+    TimeWindowPartitionsDefinition,
 )
 from dagster._core.definitions.partitions.utils import TimeWindow
+from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.storage.db_io_manager import DbClient, DbIOManager, DbTypeHandler, TableSlice
 from psycopg import sql
 from pydantic import Field
@@ -67,6 +94,7 @@ from kingtavo_pipeline.storage.upsert import upsert
 WRITE_MODE_REPLACE = "replace"
 WRITE_MODE_UPSERT = "upsert"
 DEFAULT_VERSION_COLUMN = "updated_at"
+DEFAULT_BATCH_ROWS = 100_000
 
 _PLAIN_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -100,26 +128,255 @@ def _metadata(context: OutputContext | InputContext) -> Mapping[str, Any]:
     return context.definition_metadata or {}
 
 
-# --- slices ------------------------------------------------------------------------------------
+# --- partition slices (shared with the ClickHouse IO manager) -----------------------------------
+
+# How a time window compares with a partition expression, decided by the expression's type.
+KIND_DATE = "date"  # dates, against the window's dates in the partitions' time zone
+KIND_INSTANT = "instant"  # zoned timestamps, as instants (also when the type is unknown)
+KIND_NAIVE = "naive"  # PostgreSQL ``timestamp`` without zone, taken as UTC
+KIND_YYYYMMDD = "yyyymmdd"  # integers such as ClickHouse toYYYYMMDD(ts)
 
 
 def _utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def slice_where(table_slice: TableSlice) -> sql.Composable | None:
+def boundary_date(value: datetime) -> date:
+    """The first date whose midnight, in ``value``'s own time zone, is at or after ``value``.
+
+    Dagster's windows carry the partitions definition's time zone, so the day partition
+    2024-01-01 of America/New_York gives ``[2024-01-01, 2024-01-02)`` whatever UTC says.
+    """
+    return value.date() if value.time() == time(0) else value.date() + timedelta(days=1)
+
+
+def boundary(kind: str | None, value: datetime) -> Any:
+    """A window boundary as the value a partition expression of ``kind`` is compared with."""
+    if kind == KIND_DATE:
+        return boundary_date(value)
+    if kind == KIND_YYYYMMDD:
+        return int(boundary_date(value).strftime("%Y%m%d"))
+    if kind == KIND_NAIVE:
+        return _utc(value).replace(tzinfo=None)
+    return _utc(value)
+
+
+def describe_slice(table_slice: TableSlice) -> str:
+    parts = []
+    for dim in table_slice.partition_dimensions or []:
+        if isinstance(dim.partitions, TimeWindow):
+            parts.append(f"{dim.partition_expr} in [{dim.partitions.start.isoformat()}, {dim.partitions.end.isoformat()})")
+        else:
+            parts.append(f"{dim.partition_expr} in {list(dim.partitions)}")
+    return " and ".join(parts) or "the whole table"
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """One partition dimension of a written slice, as buckets a row's value falls into.
+
+    Time windows: ``thresholds`` are the sorted window boundaries and bucket ``i`` is
+    ``[thresholds[i-1], thresholds[i])`` (PostgreSQL's ``width_bucket`` numbering: 0 and
+    ``len(thresholds)`` lie outside); static keys: bucket ``i`` is ``keys[i-1]``, 0 is none.
+    """
+
+    name: str | None
+    keys: tuple[str, ...]
+    thresholds: tuple[datetime, ...] | None = None
+    bucket_keys: Mapping[int, str] | None = None
+
+    def key(self, bucket: int | None) -> str | None:
+        """The partition key of a bucket; ``None`` outside the slice, ``""`` in a gap between windows."""
+        if bucket is None:
+            return None
+        if self.thresholds is None:
+            return self.keys[bucket - 1] if 1 <= bucket <= len(self.keys) else None
+        if not 1 <= bucket < len(self.thresholds):
+            return None
+        return (self.bucket_keys or {}).get(bucket, "")
+
+
+def dimension_keys(context: OutputContext | InputContext) -> list[tuple[str | None, Any, list[str]]]:
+    """Per partition dimension (in ``TableSlice`` order): its name (multi-partitions only), its
+    partitions definition and the distinct keys of the context's partitions along it."""
+    pdef = context.asset_partitions_def
+    keys = list(context.asset_partition_keys)
+    if not isinstance(pdef, MultiPartitionsDefinition):
+        return [(None, pdef, list(dict.fromkeys(str(k) for k in keys)))]
+    multi = [k if isinstance(k, MultiPartitionKey) else pdef.get_partition_key_from_str(k) for k in keys]
+    return [
+        (d.name, d.partitions_def, list(dict.fromkeys(k.keys_by_dimension[d.name] for k in multi)))
+        for d in pdef.partitions_defs
+    ]
+
+
+def slice_buckets(context: OutputContext) -> list[Buckets]:
+    """Per partition dimension of the output (in ``TableSlice`` order), its buckets."""
+    out = []
+    for name, dim_def, unique in dimension_keys(context):
+        if not isinstance(dim_def, TimeWindowPartitionsDefinition):
+            out.append(Buckets(name, tuple(unique)))
+            continue
+        windows = {k: dim_def.time_window_for_partition_key(k) for k in unique}
+        thresholds = sorted({t for w in windows.values() for t in (w.start, w.end)})
+        position = {t: i for i, t in enumerate(thresholds)}
+        bucket_keys = {position[w.end]: k for k, w in windows.items()}
+        out.append(Buckets(name, tuple(unique), tuple(thresholds), bucket_keys))
+    return out
+
+
+def tally(buckets: Sequence[Buckets], rows: Iterable[Sequence[Any]]) -> tuple[dict[str, int], int]:
+    """``({partition key: rows}, rows outside the slice)`` from ``(bucket, ..., count)`` rows."""
+    counts: dict[str, int] = {}
+    outside = 0
+    for *numbers, n in rows:
+        keys = [b.key(None if v is None else int(v)) for b, v in zip(buckets, numbers)]
+        if any(k is None for k in keys):
+            outside += int(n)
+        elif all(keys):  # not in a gap between windows (partitions excluded from the definition)
+            key = keys[0] if len(keys) == 1 else MultiPartitionKey({b.name: k for b, k in zip(buckets, keys)})
+            counts[str(key)] = counts.get(str(key), 0) + int(n)
+    return counts, outside
+
+
+def partition_count_metadata(context: OutputContext, counts: Mapping[str, int]) -> dict[str, Any]:
+    """``dagster/partition_row_count`` of each written partition, each on its own materialization.
+
+    One partition: in the output's metadata. A range (single-run backfill): output metadata is
+    copied to every partition's materialization, so each count goes in as partition-scoped asset
+    metadata through the step (the mechanism behind ``AssetExecutionContext.add_asset_metadata(...,
+    partition_key=...)``; IO managers have no public API for it). Without a step (a direct
+    ``handle_output`` call) the counts come back as ``partition_row_counts`` {key: rows}.
+    """
+    keys = [str(k) for k in context.asset_partition_keys]
+    if len(keys) == 1:
+        return {"dagster/partition_row_count": int(counts.get(keys[0], 0))}
+    per_key = {k: int(counts.get(k, 0)) for k in keys}
+    try:
+        step = context.step_context
+        for key in keys:
+            step.add_asset_metadata(
+                {"dagster/partition_row_count": per_key[key]}, asset_key=context.asset_key, partition_key=key
+            )
+        return {}
+    except DagsterInvariantViolationError:
+        return {"partition_row_counts": MetadataValue.json(per_key)}
+
+
+def empty_arrow(table_slice: TableSlice) -> pa.Table:
+    """The load of a table that does not exist yet: no rows; the asked-for columns, typed null."""
+    return pa.schema([(c, pa.null()) for c in table_slice.columns or []]).empty_table()
+
+
+def closing_reader(batches: Iterator[Any]) -> pa.RecordBatchReader:
+    """A reader over a started generator that yields its schema first, then its batches.
+
+    ``RecordBatchReader.from_batches`` keeps its iterator until the reader is garbage-collected;
+    handed on through the Arrow C stream interface, the iterator is released by ``close()``, so
+    the generator's ``finally`` (closing its connection) runs on close as well as at the end.
+    """
+    schema = next(batches)
+    return pa.RecordBatchReader.from_stream(pa.RecordBatchReader.from_batches(schema, batches))
+
+
+def empty_reader(schema: pa.Schema) -> pa.RecordBatchReader:
+    return pa.RecordBatchReader.from_batches(schema, [])
+
+
+def rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of ``rows`` (the last may be shorter)."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        while batch.num_rows:
+            take = min(rows - count, batch.num_rows)
+            pending.append(batch.slice(0, take))
+            batch = batch.slice(take)
+            count += take
+            if count == rows:
+                yield _concat(pending)
+                pending, count = [], 0
+    if count:
+        yield _concat(pending)
+
+
+def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(batches) == 1:
+        return batches[0]
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+
+
+def output_parts(obj: Any) -> tuple[pa.Schema | None, Iterator[pa.Table]]:
+    """The schema and the parts of a streamed output: a ``RecordBatchReader``, or an iterator of
+    ``RecordBatch``/``Table`` sharing one schema. ``(None, empty)`` for an iterator with no parts."""
+    if isinstance(obj, pa.RecordBatchReader):
+        return obj.schema, (pa.Table.from_batches([b]) for b in obj)
+    parts = iter(obj)
+    first = next(parts, None)
+    if first is None:
+        return None, iter(())
+
+    def as_table(part: Any, i: int) -> pa.Table:
+        if isinstance(part, pa.RecordBatch):
+            return pa.Table.from_batches([part])
+        if isinstance(part, pa.Table):
+            return part
+        raise TypeError(f"part {i} of the output is a {type(part).__name__}; stream pyarrow RecordBatches or Tables")
+
+    head = as_table(first, 1)
+
+    def rest() -> Iterator[pa.Table]:
+        yield head
+        for i, part in enumerate(parts, 2):
+            table = as_table(part, i)
+            if not table.schema.equals(head.schema):
+                raise ValueError(f"part {i} of the output has schema\n{table.schema}\nnot the first part's\n{head.schema}")
+            yield table
+
+    return head.schema, rest()
+
+
+# --- slices in PostgreSQL ----------------------------------------------------------------------
+
+_OID_KINDS = {1082: KIND_DATE, 1184: KIND_INSTANT, 1114: KIND_NAIVE, 20: KIND_YYYYMMDD, 21: KIND_YYYYMMDD, 23: KIND_YYYYMMDD}
+_ARRAY_TYPES = {KIND_DATE: "date[]", KIND_NAIVE: "timestamp[]", KIND_YYYYMMDD: "bigint[]", KIND_INSTANT: "timestamptz[]"}
+
+
+def slice_kinds(conn: psycopg.Connection, table_slice: TableSlice) -> list[str | None]:
+    """Per partition dimension, how its time window compares (from the expression's result type,
+    asked of the server without reading rows); ``None`` for key dimensions. The table must exist."""
+    dims = list(table_slice.partition_dimensions or [])
+    kinds: list[str | None] = [None] * len(dims)
+    timed = [i for i, d in enumerate(dims) if isinstance(d.partitions, TimeWindow)]
+    if not timed:
+        return kinds
+    query = sql.SQL("SELECT {} FROM {} LIMIT 0").format(
+        sql.SQL(", ").join(sql.SQL("({})").format(sql.SQL(dims[i].partition_expr)) for i in timed), _target(table_slice)
+    )
+    with conn.cursor() as cur:
+        cur.execute(query)
+        for i, column in zip(timed, cur.description or []):
+            kinds[i] = _OID_KINDS.get(column.type_code, KIND_INSTANT)
+    return kinds
+
+
+def slice_where(table_slice: TableSlice, kinds: Sequence[str | None] | None = None) -> sql.Composable | None:
     """The WHERE condition selecting the slice, or ``None`` for an unpartitioned asset.
 
-    ``partition_expr`` is trusted code from the asset definition (a column or an expression);
-    partition values are always literals escaped by psycopg.
+    ``kinds`` (from :func:`slice_kinds`) says how each time window compares; without it windows
+    compare as instants. ``partition_expr`` is trusted code from the asset definition (a column or
+    an expression); partition values are always literals escaped by psycopg.
     """
     conditions: list[sql.Composable] = []
-    for dim in table_slice.partition_dimensions or []:
+    for i, dim in enumerate(table_slice.partition_dimensions or []):
         expr = sql.SQL("({})").format(sql.SQL(dim.partition_expr))
         if isinstance(dim.partitions, TimeWindow):
+            kind = kinds[i] if kinds else None
             conditions.append(
                 sql.SQL("{e} >= {start} AND {e} < {end}").format(
-                    e=expr, start=sql.Literal(_utc(dim.partitions.start)), end=sql.Literal(_utc(dim.partitions.end))
+                    e=expr,
+                    start=sql.Literal(boundary(kind, dim.partitions.start)),
+                    end=sql.Literal(boundary(kind, dim.partitions.end)),
                 )
             )
         else:
@@ -139,61 +396,45 @@ def _target(table_slice: TableSlice) -> sql.Composable:
     return qualified(table_slice.table, table_slice.schema)
 
 
-def _select(table_slice: TableSlice, select_list: sql.Composable | None = None) -> sql.Composable:
+def _select(
+    table_slice: TableSlice, select_list: sql.Composable | None = None, kinds: Sequence[str | None] | None = None
+) -> sql.Composable:
     if select_list is None:
         select_list = (
             sql.SQL(", ").join(sql.Identifier(c) for c in table_slice.columns) if table_slice.columns else sql.SQL("*")
         )
     query = sql.SQL("SELECT {} FROM {}").format(select_list, _target(table_slice))
-    where = slice_where(table_slice)
+    where = slice_where(table_slice, kinds)
     if where is not None:
         query = sql.SQL("{} WHERE {}").format(query, where)
     return query
 
 
-def rows_outside_slice(arrow: pa.Table, table_slice: TableSlice) -> int:
-    """Rows of ``arrow`` that cannot belong to the slice, judged on plain-column ``partition_expr``s.
-
-    Such rows would escape the slice delete on the next run of the partition and be duplicated.
-    Dimensions on SQL expressions (or on columns of types Arrow cannot compare here) are not judged.
-    """
-    inside = None
-    for dim in table_slice.partition_dimensions or []:
-        name = dim.partition_expr.strip().strip('"')
-        if not _PLAIN_COLUMN.match(name) or name not in arrow.column_names:
-            continue
-        column = arrow.column(name)
-        try:
-            if isinstance(dim.partitions, TimeWindow):
-                t = column.type
-                if pa.types.is_date(t):
-                    column = pc.cast(column, pa.timestamp("us", "UTC"))
-                elif pa.types.is_timestamp(t):
-                    column = pc.cast(column, pa.timestamp(t.unit, "UTC")) if t.tz is None else column
-                else:
-                    continue
-                start = pa.scalar(_utc(dim.partitions.start), column.type)
-                end = pa.scalar(_utc(dim.partitions.end), column.type)
-                ok = pc.and_(pc.greater_equal(column, start), pc.less(column, end))
-            else:
-                ok = pc.is_in(pc.cast(column, pa.string()), value_set=pa.array([str(k) for k in dim.partitions], pa.string()))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
-            continue
-        ok = pc.fill_null(ok, False)
-        inside = ok if inside is None else pc.and_(inside, ok)
-    if inside is None:
-        return 0
-    return arrow.num_rows - pc.sum(pc.cast(inside, pa.int64())).as_py() if arrow.num_rows else 0
-
-
-def _describe_slice(table_slice: TableSlice) -> str:
-    parts = []
-    for dim in table_slice.partition_dimensions or []:
-        if isinstance(dim.partitions, TimeWindow):
-            parts.append(f"{dim.partition_expr} in [{_utc(dim.partitions.start).isoformat()}, {_utc(dim.partitions.end).isoformat()})")
+def count_slice(
+    conn: psycopg.Connection, table_slice: TableSlice, kinds: Sequence[str | None], buckets: Sequence[Buckets]
+) -> tuple[dict[str, int], int]:
+    """``({partition key: rows}, rows)`` of the slice as it stands in this transaction: one
+    ``GROUP BY`` over the slice's rows only (``width_bucket`` finds a row's window)."""
+    numbers: list[sql.Composable] = []
+    params: list[Any] = []
+    for dim, kind, b in zip(table_slice.partition_dimensions or [], kinds, buckets):
+        expr = sql.SQL("({})").format(sql.SQL(dim.partition_expr))
+        if b.thresholds is not None:
+            array_type = sql.SQL(_ARRAY_TYPES.get(kind or "", "timestamptz[]"))
+            numbers.append(sql.SQL("width_bucket({}, %s::{})").format(expr, array_type))
+            params.append([boundary(kind, t) for t in b.thresholds])
         else:
-            parts.append(f"{dim.partition_expr} in {list(dim.partitions)}")
-    return " and ".join(parts) or "the whole table"
+            numbers.append(sql.SQL("array_position(%s::text[], ({})::text)").format(expr))
+            params.append(list(b.keys))
+    query = sql.SQL("SELECT {}, count(*) FROM {} WHERE {} GROUP BY {}").format(
+        sql.SQL(", ").join(numbers),
+        _target(table_slice),
+        slice_where(table_slice, kinds),
+        sql.SQL(", ").join(sql.SQL(str(i + 1)) for i in range(len(numbers))),
+    )
+    rows = conn.execute(query, params).fetchall()
+    counts, _ = tally(buckets, rows)
+    return counts, sum(int(r[-1]) for r in rows)
 
 
 # --- Arrow <-> PostgreSQL types ----------------------------------------------------------------
@@ -312,6 +553,7 @@ def create_table(conn: psycopg.Connection, table_slice: TableSlice, schema: pa.S
     if unique:
         definitions.append(sql.SQL("UNIQUE ({})").format(sql.SQL(", ").join(sql.Identifier(k) for k in unique)))
     conn.execute(sql.SQL("CREATE TABLE {} ({})").format(_target(table_slice), sql.SQL(", ").join(definitions)))
+    # Expression partition_exprs get no index: date casts of timestamptz are not immutable.
     index_columns = [
         dim.partition_expr.strip().strip('"')
         for dim in table_slice.partition_dimensions or []
@@ -330,20 +572,33 @@ def create_table(conn: psycopg.Connection, table_slice: TableSlice, schema: pa.S
 # --- the DbClient ------------------------------------------------------------------------------
 
 
+def store_for(postgres_url: str | None) -> PostgresStore:
+    """The store for a URL, or the configured one (started and migrated on first use in the process)."""
+    return get_store(Settings(postgres_url=postgres_url) if postgres_url else Settings())
+
+
+def _slice_id(table_slice: TableSlice) -> tuple:
+    return (table_slice.schema, table_slice.table, tuple(d.partition_expr for d in table_slice.partition_dimensions or []))
+
+
 class PostgresDbClient(DbClient[psycopg.Connection]):
     """Connections, schemas and slice deletes for :class:`PostgresIOManager`."""
 
     def __init__(self, postgres_url: str | None = None):
         self.postgres_url = postgres_url
+        # per table: how its time windows compared in the last write, for the "Query" metadata
+        self._written_kinds: dict[tuple, list[str | None]] = {}
 
     def store(self) -> PostgresStore:
         """The configured store (started and migrated on first use in the process)."""
-        return get_store(Settings(postgres_url=self.postgres_url) if self.postgres_url else Settings())
+        return store_for(self.postgres_url)
 
     @contextmanager
     def connect(self, context: OutputContext | InputContext, table_slice: TableSlice) -> Iterator[psycopg.Connection]:
         with self.store().transaction() as conn:
             yield conn
+            if isinstance(context, OutputContext) and table_columns(conn, table_slice.schema, table_slice.table) is not None:
+                self._written_kinds[_slice_id(table_slice)] = slice_kinds(conn, table_slice)
 
     @staticmethod
     def ensure_schema_exists(context: OutputContext, table_slice: TableSlice, connection: psycopg.Connection) -> None:
@@ -368,14 +623,13 @@ class PostgresDbClient(DbClient[psycopg.Connection]):
         if table_columns(connection, table_slice.schema, table_slice.table) is None:
             return
         statement = sql.SQL("DELETE FROM {}").format(_target(table_slice))
-        where = slice_where(table_slice)
+        where = slice_where(table_slice, slice_kinds(connection, table_slice))
         if where is not None:
             statement = sql.SQL("{} WHERE {}").format(statement, where)
         connection.execute(statement)
 
-    @staticmethod
-    def get_select_statement(table_slice: TableSlice) -> str:
-        return _select(table_slice).as_string()
+    def get_select_statement(self, table_slice: TableSlice) -> str:
+        return _select(table_slice, kinds=self._written_kinds.get(_slice_id(table_slice))).as_string()
 
     @staticmethod
     def get_table_name(table_slice: TableSlice) -> str:
@@ -417,10 +671,48 @@ class PostgresPandasTypeHandler(DbTypeHandler[pd.DataFrame]):
         return read_arrow(table_slice, connection).to_pandas()
 
 
+class PostgresStreamTypeHandler(DbTypeHandler[pa.RecordBatchReader]):
+    """Streams: loads a ``pyarrow.RecordBatchReader`` of at most ``batch_rows`` rows per batch, on a
+    connection of its own (the IO manager's closes when ``load_input`` returns); writes a
+    ``RecordBatchReader`` or an iterator of ``RecordBatch``/``Table``, part by part."""
+
+    def __init__(self, postgres_url: str | None = None, batch_rows: int = DEFAULT_BATCH_ROWS):
+        self.postgres_url = postgres_url
+        self.batch_rows = batch_rows
+
+    @property
+    def supported_types(self) -> Sequence[type[object]]:
+        return [pa.RecordBatchReader, collections.abc.Iterator]
+
+    def handle_output(
+        self, context: OutputContext, table_slice: TableSlice, obj: Any, connection: psycopg.Connection
+    ) -> Mapping[str, Any]:
+        schema, parts = output_parts(obj)
+        return write_parts(context, table_slice, schema, parts, connection)
+
+    def load_input(
+        self, context: InputContext, table_slice: TableSlice, connection: psycopg.Connection
+    ) -> pa.RecordBatchReader:
+        return stream_arrow(table_slice, connection, store_for(self.postgres_url), self.batch_rows)
+
+
 def write_arrow(
     context: OutputContext, table_slice: TableSlice, arrow: pa.Table, conn: psycopg.Connection
 ) -> dict[str, Any]:
     """Write ``arrow`` into the slice inside the caller's transaction; returns the output metadata."""
+    return write_parts(context, table_slice, arrow.schema, iter([arrow]), conn)
+
+
+def write_parts(
+    context: OutputContext,
+    table_slice: TableSlice,
+    schema: pa.Schema | None,
+    parts: Iterator[pa.Table],
+    conn: psycopg.Connection,
+) -> dict[str, Any]:
+    """Write the parts into the slice inside the caller's transaction (COPY or upsert part by part),
+    then count the slice's partitions; returns the output metadata. ``schema`` is ``None`` only
+    for an output without parts."""
     metadata = _metadata(context)
     mode = write_mode(metadata)
     name = f"{table_slice.schema}.{table_slice.table}"
@@ -430,41 +722,182 @@ def write_arrow(
         keys, version_column = upsert_options(metadata, name)
 
     columns = table_columns(conn, table_slice.schema, table_slice.table)
-    if columns is None:
-        create_table(conn, table_slice, arrow.schema, unique=keys)
+    if columns is None and schema is not None:
+        create_table(conn, table_slice, schema, unique=keys)
         columns = table_columns(conn, table_slice.schema, table_slice.table) or {}
-    extra = [c for c in arrow.column_names if c not in columns]
-    if extra:
-        raise ValueError(
-            f"{name} has no column(s) {extra}; the IO manager does not add columns. "
-            f"Add them with a migration in sql/postgres/, or drop them from the output. Table columns: {list(columns)}"
-        )
-
-    result_metadata: dict[str, Any] = {"write_mode": mode}
-    if mode == WRITE_MODE_UPSERT:
-        result = upsert(conn, name, arrow, keys, version_column=version_column)
-        result_metadata.update(
-            {"rows_inserted": result.inserted, "rows_updated": result.updated, "rows_unchanged": result.unchanged}
-        )
-    else:
-        outside = rows_outside_slice(arrow, table_slice)
-        if outside:
+    if schema is not None:
+        extra = [c for c in schema.names if c not in (columns or {})]
+        if extra:
             raise ValueError(
-                f"{outside} of {arrow.num_rows} rows written to {name} lie outside the partition(s) being "
-                f"written ({_describe_slice(table_slice)}). Rows outside the slice would escape the next "
+                f"{name} has no column(s) {extra}; the IO manager does not add columns. Add them with a "
+                f"migration in sql/postgres/, or drop them from the output. Table columns: {list(columns or {})}"
+            )
+
+    written = inserted = updated = 0
+    for arrow in parts:
+        if mode == WRITE_MODE_UPSERT:
+            result = upsert(conn, name, arrow, keys, version_column=version_column)
+            inserted += result.inserted
+            updated += result.updated
+        elif arrow.num_rows:
+            copy_arrow(conn, _target(table_slice), arrow, arrow.column_names)
+        written += arrow.num_rows
+
+    result_metadata: dict[str, Any] = {"write_mode": mode, "rows_written": written}
+    if mode == WRITE_MODE_UPSERT:
+        result_metadata.update(
+            {"rows_inserted": inserted, "rows_updated": updated, "rows_unchanged": written - inserted - updated}
+        )
+    if columns is None:  # no parts and no table: nothing was created, nothing replaced
+        if table_slice.partition_dimensions:
+            result_metadata.update(partition_count_metadata(context, {}))
+        return result_metadata
+
+    if table_slice.partition_dimensions:
+        kinds = slice_kinds(conn, table_slice)
+        counts, in_slice = count_slice(conn, table_slice, kinds, slice_buckets(context))
+        # The slice was emptied by the DELETE (and replacing writers take turns), so every row
+        # written that the slice does not hold lies outside it: it would escape the next
+        # re-run's delete and be duplicated.
+        if mode == WRITE_MODE_REPLACE and in_slice < written:
+            raise ValueError(
+                f"{written - in_slice} of {written} rows written to {name} lie outside the partition(s) being "
+                f"written ({describe_slice(table_slice)}). Rows outside the slice would escape the next "
                 "re-run's delete and be duplicated; filter them out or fix partition_expr."
             )
-        if arrow.num_rows:
-            copy_arrow(conn, _target(table_slice), arrow, arrow.column_names)
-
-    (row_count,) = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_target(table_slice))).fetchone()
-    result_metadata["dagster/row_count"] = row_count
-    if table_slice.partition_dimensions:
-        result_metadata["dagster/partition_row_count"] = arrow.num_rows
+        result_metadata.update(partition_count_metadata(context, counts))
+    elif mode == WRITE_MODE_REPLACE:
+        result_metadata["dagster/row_count"] = written
+    estimate = conn.execute(
+        "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", (_target(table_slice).as_string(conn),)
+    ).fetchone()
+    if estimate and estimate[0] >= 0 and "dagster/row_count" not in result_metadata:
+        result_metadata["row_count_estimate"] = int(estimate[0])
     result_metadata["dagster/column_schema"] = TableSchema(
         columns=[TableColumn(name=c, type=t) for c, t in columns.items()]
     )
     return result_metadata
+
+
+# --- reads -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ReadPlan:
+    query: sql.Composable
+    names: list[str]
+    parse_schema: pa.Schema
+    post: dict[str, str]
+
+
+def _read_plan(table_slice: TableSlice, conn: psycopg.Connection) -> _ReadPlan | None:
+    """The COPY query and parsing of a slice, or ``None`` when the table does not exist."""
+    columns = table_columns(conn, table_slice.schema, table_slice.table)
+    if columns is None:
+        return None
+    name = f"{table_slice.schema}.{table_slice.table}"
+    wanted = list(table_slice.columns or columns)
+    unknown = [c for c in wanted if c not in columns]
+    if unknown:
+        raise ValueError(f"{name} has no column(s) {unknown}; it has {list(columns)}")
+    specs = {c: _read_spec(c, columns[c]) for c in wanted}
+    query = _select(table_slice, sql.SQL(", ").join(spec[0] for spec in specs.values()), slice_kinds(conn, table_slice))
+    return _ReadPlan(
+        query=query,
+        names=wanted,
+        parse_schema=pa.schema([(c, specs[c][1]) for c in wanted]),
+        post={c: specs[c][2] for c in wanted if specs[c][2]},
+    )
+
+
+class _CopyOut(io.RawIOBase):
+    """A readable file over the chunks of a ``COPY ... TO STDOUT``, for pyarrow's CSV reader."""
+
+    def __init__(self, chunks: Iterator[Any]):
+        self._chunks = chunks
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._buffer = memoryview(bytes(chunk))
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+def _csv_options(plan: _ReadPlan) -> dict[str, Any]:
+    """How pyarrow parses PostgreSQL's CSV output of the plan's columns."""
+    return {
+        "parse_options": pacsv.ParseOptions(newlines_in_values=True),
+        "convert_options": pacsv.ConvertOptions(
+            column_types=plan.parse_schema,
+            null_values=[""],
+            true_values=["t"],
+            false_values=["f"],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    }
+
+
+@contextmanager
+def _copy_out(conn: psycopg.Connection, plan: _ReadPlan) -> Iterator[Iterator[Any]]:
+    """The chunks of ``COPY (<plan's query>) TO STDOUT (FORMAT CSV)``, as the server sends them."""
+    conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+    with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT CSV)").format(plan.query)) as copy:
+        yield iter(copy)
+
+
+def _copy_batches(conn: psycopg.Connection, plan: _ReadPlan, block_size: int) -> Iterator[pa.RecordBatch]:
+    """The slice as parsed CSV batches (about ``block_size`` bytes each), parsed as it arrives."""
+    with _copy_out(conn, plan) as chunks:
+        first = next(chunks, None)
+        if first is None:  # pyarrow refuses an empty CSV file
+            return
+        yield from pacsv.open_csv(
+            io.BufferedReader(_CopyOut(_chain(first, chunks)), buffer_size=1 << 20),
+            read_options=pacsv.ReadOptions(column_names=plan.names, block_size=block_size, use_threads=False),
+            **_csv_options(plan),
+        )
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+# The stream's schema is fixed before any row is read, so an unconstrained numeric gets a fixed
+# decimal type there (the whole-table read sizes it to the data).
+STREAM_DECIMAL = pa.decimal128(38, 9)
+
+
+def _post_process(arrow: pa.Table, post: Mapping[str, str], streaming: bool) -> pa.Table:
+    for c, how in post.items():
+        i = arrow.column_names.index(c)
+        column = arrow.column(i)
+        if how == "utc":
+            column = pc.cast(column, pa.timestamp("us", "UTC"))
+        elif how == "decimal" and streaming:
+            column = pc.cast(column, STREAM_DECIMAL)
+        elif how == "decimal":
+            values = [None if v is None else Decimal(v) for v in column.to_pylist()]
+            column = pa.array(values) if any(v is not None for v in values) else pa.array(values, pa.decimal128(38, 9))
+        elif how == "bytea":
+            column = pa.array([None if v is None else bytes.fromhex(v[2:]) for v in column.to_pylist()], pa.binary())
+        arrow = arrow.set_column(i, c, column)
+    return arrow
+
+
+def _stream_schema(plan: _ReadPlan) -> pa.Schema:
+    types = {"utc": pa.timestamp("us", "UTC"), "decimal": STREAM_DECIMAL, "bytea": pa.binary()}
+    return pa.schema([(f.name, types[plan.post[f.name]] if f.name in plan.post else f.type) for f in plan.parse_schema])
 
 
 def read_arrow(table_slice: TableSlice, conn: psycopg.Connection) -> pa.Table:
@@ -473,63 +906,56 @@ def read_arrow(table_slice: TableSlice, conn: psycopg.Connection) -> pa.Table:
     Types: integers, floats, booleans, dates, ``numeric(p, s)`` (decimal), ``timestamp`` (naive),
     ``timestamptz`` (UTC), ``time`` and ``bytea`` keep their type; unconstrained ``numeric``
     becomes a decimal sized to the data; ``json``/``jsonb``/arrays come back as JSON text, and
-    anything else as text.
+    anything else as text. A table that does not exist yet gives :func:`empty_arrow`.
     """
-    columns = table_columns(conn, table_slice.schema, table_slice.table)
-    name = f"{table_slice.schema}.{table_slice.table}"
-    if columns is None:
-        raise ValueError(f"{name} does not exist; materialize its asset first")
-    wanted = list(table_slice.columns or columns)
-    unknown = [c for c in wanted if c not in columns]
-    if unknown:
-        raise ValueError(f"{name} has no column(s) {unknown}; it has {list(columns)}")
-    specs = {c: _read_spec(c, columns[c]) for c in wanted}
-    query = _select(table_slice, sql.SQL(", ").join(spec[0] for spec in specs.values()))
-    conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+    plan = _read_plan(table_slice, conn)
+    if plan is None:
+        return empty_arrow(table_slice)
     buf = io.BytesIO()
-    with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT CSV)").format(query)) as copy:
-        for chunk in copy:
+    with _copy_out(conn, plan) as chunks:
+        for chunk in chunks:
             buf.write(chunk)
-    schema = pa.schema([(c, specs[c][1]) for c in wanted])
     if buf.tell() == 0:
-        arrow = schema.empty_table()
-    else:
+        arrow = plan.parse_schema.empty_table()
+    else:  # all of it at once: the multi-threaded parser
         buf.seek(0)
-        arrow = pacsv.read_csv(
-            buf,
-            read_options=pacsv.ReadOptions(column_names=wanted, block_size=1 << 24),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types=schema,
-                null_values=[""],
-                true_values=["t"],
-                false_values=["f"],
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-            ),
-        )
-    for c in wanted:
-        post = specs[c][2]
-        if post is None:
-            continue
-        i = arrow.column_names.index(c)
-        column = arrow.column(i)
-        if post == "utc":
-            column = pc.cast(column, pa.timestamp("us", "UTC"))
-        elif post == "decimal":
-            values = [None if v is None else Decimal(v) for v in column.to_pylist()]
-            column = pa.array(values) if any(v is not None for v in values) else pa.array(values, pa.decimal128(38, 9))
-        elif post == "bytea":
-            column = pa.array([None if v is None else bytes.fromhex(v[2:]) for v in column.to_pylist()], pa.binary())
-        arrow = arrow.set_column(i, c, column)
-    return arrow
+        read_options = pacsv.ReadOptions(column_names=plan.names, block_size=1 << 24)
+        arrow = pacsv.read_csv(buf, read_options=read_options, **_csv_options(plan))
+    return _post_process(arrow, plan.post, streaming=False)
+
+
+def stream_arrow(
+    table_slice: TableSlice, conn: psycopg.Connection, store: PostgresStore, batch_rows: int
+) -> pa.RecordBatchReader:
+    """The slice as a reader of batches of at most ``batch_rows`` rows, as :func:`read_arrow` types
+    them (but see :data:`STREAM_DECIMAL`). The plan is made on ``conn``; the rows come through a
+    transaction of the reader's own, closed when it is exhausted or closed."""
+    plan = _read_plan(table_slice, conn)
+    if plan is None:
+        return empty_reader(empty_arrow(table_slice).schema)
+    schema = _stream_schema(plan)
+
+    def batches() -> Iterator[Any]:
+        with store.transaction() as own:
+            yield schema
+            parsed = _copy_batches(own, plan, block_size=1 << 20)
+            typed = (
+                b for raw in parsed for b in _post_process(pa.Table.from_batches([raw]), plan.post, True).to_batches()
+            )
+            try:
+                yield from rebatch(typed, batch_rows)
+            finally:
+                parsed.close()  # end the COPY before the transaction ends (a reader closed early)
+
+    return closing_reader(batches())
 
 
 # --- the IO manager ----------------------------------------------------------------------------
 
 
 class PostgresIOManager(ConfigurableIOManagerFactory):
-    """Stores pandas DataFrames and Arrow tables in PostgreSQL, one table per asset.
+    """Stores pandas DataFrames and Arrow tables in PostgreSQL, one table per asset, and streams
+    ``pyarrow.RecordBatchReader`` in and out.
 
     A partition is replaced in one transaction (DELETE of the slice + COPY); with asset metadata
     ``write_mode: "upsert"`` rows are upserted on ``upsert_keys`` instead. See the module docstring
@@ -539,7 +965,8 @@ class PostgresIOManager(ConfigurableIOManagerFactory):
 
     postgres_url: str | None = Field(
         default=None,
-        description="postgresql:// URL; unset uses the configured store (KINGTAVO_POSTGRES_URL, else the embedded server).",
+        description="postgresql:// URL; give it as dg.EnvVar(...) so no password shows in run config or the UI. "
+        "Unset uses the configured store (KINGTAVO_POSTGRES_URL, else the embedded server).",
     )
     schema_: str | None = Field(
         default="public",
@@ -547,9 +974,18 @@ class PostgresIOManager(ConfigurableIOManagerFactory):
         description="Schema for the tables (asset metadata 'schema' overrides it); null uses the asset key prefix.",
     )
 
-    @staticmethod
-    def type_handlers() -> Sequence[DbTypeHandler]:
-        return [PostgresPandasTypeHandler(), PostgresArrowTypeHandler()]
+    batch_rows: int = Field(
+        default=DEFAULT_BATCH_ROWS,
+        gt=0,
+        description="Rows per batch of an input loaded as pyarrow.RecordBatchReader.",
+    )
+
+    def type_handlers(self) -> Sequence[DbTypeHandler]:
+        return [
+            PostgresPandasTypeHandler(),
+            PostgresArrowTypeHandler(),
+            PostgresStreamTypeHandler(self.postgres_url, self.batch_rows),
+        ]
 
     @staticmethod
     def default_load_type() -> type | None:
@@ -587,4 +1023,5 @@ __all__ = [
     "PostgresDbClient",
     "PostgresIOManager",
     "PostgresPandasTypeHandler",
+    "PostgresStreamTypeHandler",
 ]
