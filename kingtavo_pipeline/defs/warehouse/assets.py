@@ -1,10 +1,8 @@
 """``warehouse/unified_items``: the core partition copied to ClickHouse by partition replace."""
 
-import json
-
 import dagster as dg
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kingtavo_pipeline.defs.ingest.assets import OWNER
 from kingtavo_pipeline.defs.partitions import daily_partitions, single_run_backfill
@@ -36,22 +34,24 @@ WAREHOUSE_SCHEMA = pa.schema(
 )
 
 
-def to_warehouse_rows(core: pd.DataFrame) -> pa.Table:
-    """Core rows in the warehouse's column types (JSON as text, money as Decimal(18,4))."""
-    frame = core.copy()
-    frame["metadata"] = frame["metadata"].map(
-        lambda v: v if isinstance(v, str) or v is None else json.dumps(v)
-    )
-    # core's row version grows with every accepted change, so FINAL keeps what core holds now
-    frame["_version"] = frame["row_version"]
-    return pa.Table.from_pandas(frame[WAREHOUSE_SCHEMA.names], schema=WAREHOUSE_SCHEMA, preserve_index=False)
+def to_warehouse_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Core rows in the warehouse's column types: Arrow in, Arrow out (JSON already text, money as
+    Decimal(18,4)); ``_version`` is core's ``row_version``."""
+    columns = [
+        pc.cast(batch.column("row_version" if f.name == "_version" else f.name), f.type) for f in WAREHOUSE_SCHEMA
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=WAREHOUSE_SCHEMA)
+
+
+# what the warehouse reads of core: no surrogate id, no load time
+CORE_COLUMNS = [("row_version" if n == "_version" else n) for n in WAREHOUSE_SCHEMA.names]
 
 
 @dg.asset(
     key=["warehouse", "unified_items"],
     description="ClickHouse unified_items (ReplacingMergeTree, PARTITION BY partition_date); each run "
-    "replaces its day partitions atomically from a stage table.",
-    ins={"core_unified_items": dg.AssetIn(key=["core", "unified_items"])},
+    "replaces its day partitions atomically from a stage table, streaming core in bounded batches.",
+    ins={"core_unified_items": dg.AssetIn(key=["core", "unified_items"], metadata={"columns": CORE_COLUMNS})},
     group_name="warehouse",
     kinds={"clickhouse", "pyarrow"},
     owners=[OWNER],
@@ -63,16 +63,21 @@ def to_warehouse_rows(core: pd.DataFrame) -> pa.Table:
     tags={"layer": "warehouse"},
 )
 def warehouse_unified_items(
-    context: dg.AssetExecutionContext, core_unified_items: pd.DataFrame, postgres: PostgresResource
+    context: dg.AssetExecutionContext, core_unified_items: pa.RecordBatchReader, postgres: PostgresResource
 ):
     with etl_run(postgres.store(), run_id=context.run.run_id, asset_key="warehouse/unified_items",
                  partition_key=partition_label(context)) as counts:
-        rows = to_warehouse_rows(core_unified_items)
-        counts.extracted = len(core_unified_items)
-        # Dagster hands the output to the ClickHouse IO manager at this yield; a failed write
+
+        def batches():
+            # a range of any length streams through in batches: memory stays at the batch size
+            for batch in core_unified_items:
+                counts.extracted += batch.num_rows
+                yield to_warehouse_batch(batch)
+
+        # Dagster hands the batches to the ClickHouse IO manager at this yield; a failed write
         # never comes back here, and etl_run records the run as failed.
-        yield dg.Output(rows)
-        counts.loaded = rows.num_rows
+        yield dg.Output(batches())
+        counts.loaded = counts.extracted
 
 
 def defs() -> dg.Definitions:
