@@ -223,7 +223,7 @@ def status() -> None:
             click.echo(f"      error: {error[:200]}")
     marks = store.fetch_all(
         "SELECT source_type, source_name, checkpoint_value, last_success_at, total_records_processed "
-        "FROM etl_checkpoints ORDER BY 1, 2"
+        "FROM etl_checkpoints WHERE source_type <> 'core' ORDER BY 1, 2"
     )
     click.echo("Source high-water marks (last record time, last success, records):" + ("" if marks else " none"))
     for source_type, name, value, success, total in marks:

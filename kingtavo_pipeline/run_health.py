@@ -265,6 +265,15 @@ def release_dead_holders(instance, store, holders: list[SlotHolder], *, by: str)
 # --- supervising our own runs --------------------------------------------------------------------
 
 
+_received_signal: str | None = None
+
+
+def received_signal() -> str | None:
+    """The termination signal this process received while supervising a run, if any: whatever
+    exception a step then dies of (an interrupted query, say), the run was stopped by it."""
+    return _received_signal
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Stops a run on SIGTERM/SIGINT. A KeyboardInterrupt, so Dagster records the step and the run
     as interrupted, and etl_run (which catches BaseException) records its row as failed."""
@@ -368,6 +377,8 @@ class RunSupervisor:
                 return False
             self.signum, self._signaled_at = signum, time.monotonic()
             RunInterrupted.reason = signal.Signals(signum).name
+            global _received_signal
+            _received_signal = RunInterrupted.reason
         return True
 
     def _on_signal(self, signum, frame) -> None:

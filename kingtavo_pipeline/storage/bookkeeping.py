@@ -67,9 +67,13 @@ def etl_run(store: PostgresStore, *, run_id: str, asset_key: str, partition_key:
             # Not str(exc): a database error's text carries the failing row and the statement's
             # parameters (payload data), and a connection error may carry a URL.
             message = describe_error(exc, limit=4000)
-            if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "DagsterExecutionInterruptedError":
-                # Dagster's interrupt carries no text of its own
-                message += " (interrupted: a termination signal or a cancel request stopped the run)"
+            from kingtavo_pipeline.run_health import received_signal
+
+            signal_name = received_signal()
+            if signal_name or isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "DagsterExecutionInterruptedError":
+                # Dagster's interrupt carries no text of its own, and a step stopped inside a query
+                # may die of the broken query rather than of the interrupt
+                message += f" (interrupted: {signal_name or 'a termination signal or a cancel request'} stopped the run)"
         with store.transaction() as conn:
             conn.execute(
                 """UPDATE etl_runs SET status = 'failed', finished_at = now(), records_extracted = %s,
@@ -122,6 +126,27 @@ def set_checkpoint(
                    total_records_processed = c.total_records_processed + EXCLUDED.total_records_processed"""
         ).format(new_value),
         (source_type, source_name, entity, value, records),
+    )
+
+
+def get_source_fingerprint(conn: psycopg.Connection, source_type: str, source_name: str, entity: str) -> str | None:
+    row = conn.execute(
+        "SELECT source_fingerprint FROM etl_checkpoints WHERE source_type = %s AND source_name = %s AND entity = %s",
+        (source_type, source_name, entity),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def set_source_fingerprint(conn: psycopg.Connection, source_type: str, source_name: str, entity: str,
+                           fingerprint: str | None) -> None:
+    """Record what the source looked like when it was landed whole; call it after the last batch
+    committed, so a run that failed half-way leaves the source to be read again."""
+    conn.execute(
+        """INSERT INTO etl_checkpoints AS c (source_type, source_name, entity, status, last_run_at, source_fingerprint)
+           VALUES (%s, %s, %s, 'ok', now(), %s)
+           ON CONFLICT (source_type, source_name, entity) DO UPDATE
+               SET source_fingerprint = EXCLUDED.source_fingerprint, last_run_at = now()""",
+        (source_type, source_name, entity, fingerprint),
     )
 
 

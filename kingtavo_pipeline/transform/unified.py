@@ -65,6 +65,8 @@ VALID_COLUMNS = (
     "source_updated_at",
     "observed_seq",
 )
+# Raise when the mapping's rules change (parsing, validation): core then maps every record again.
+MAPPING_VERSION = 1
 # The version of a row, compared left to right (NULL oldest): never a business date.
 VERSION_COLUMNS = ("source_updated_at", "observed_seq")
 REJECT_COLUMNS = ("source_id", "raw_data_id", "partition_date", "payload", "error_type", "error_message")

@@ -31,3 +31,7 @@ ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS resolved_at timestamptz;
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS resolution text;
 CREATE INDEX IF NOT EXISTS dead_letters_record_idx
     ON dead_letters (source_type, source_name, source_id) WHERE status IN ('open', 'retrying');
+
+-- what a source looked like when it was last landed whole (files' content and the source's
+-- settings): an unchanged source is not read again
+ALTER TABLE etl_checkpoints ADD COLUMN IF NOT EXISTS source_fingerprint text;

@@ -7,6 +7,9 @@ resolution of dead letters whose records now mapped, and the ``processed_at`` ma
 taken, so none of them can get ahead of the others.
 """
 
+import hashlib
+import json
+
 import dagster as dg
 import pandas as pd
 from psycopg import sql
@@ -16,21 +19,44 @@ from kingtavo_pipeline.defs.ingest.assets import OWNER, SOURCES, raw_assets
 from kingtavo_pipeline.defs.partitions import daily_partitions, single_run_backfill
 from kingtavo_pipeline.defs.resources import PostgresResource
 from kingtavo_pipeline.defs.runs import partition_label, utc_window
-from kingtavo_pipeline.storage.bookkeeping import etl_run, record_dead_letters, resolve_mapped_dead_letters
+from kingtavo_pipeline.storage.bookkeeping import (
+    etl_run,
+    get_source_fingerprint,
+    record_dead_letters,
+    resolve_mapped_dead_letters,
+    set_source_fingerprint,
+)
 from kingtavo_pipeline.storage.upsert import upsert
-from kingtavo_pipeline.transform.unified import VERSION_COLUMNS, extraction_sql, map_to_unified, rename_extracted
+from kingtavo_pipeline.transform.unified import (
+    MAPPING_VERSION,
+    VERSION_COLUMNS,
+    extraction_sql,
+    map_to_unified,
+    rename_extracted,
+)
 
 UNIFIED_KEY = ("source_type", "source_name", "external_id")
 READ_CHUNK_ROWS = 50_000
 # every accepted change gets a new row version: the warehouse's ReplacingMergeTree _version
 ROW_VERSION = {"row_version": "nextval('unified_items_row_version_seq')"}
 
-# Taken before reading, in the same transaction: a row landed after this statement is read but
-# stays unmarked (the late-records sensor asks for its day again); none is marked unread.
+# Core is incremental: a run takes the window's observations no core run has taken yet. It marks
+# them first, with the transaction's own now(), and then reads exactly the rows it marked; a row
+# landed meanwhile stays unmarked for the next run (the late-records sensor asks for its day).
 MARK_TAKEN = """
 UPDATE raw_data SET processed_at = now()
 WHERE source_type = %(source_type)s AND source_name = %(source_name)s
   AND partition_date >= %(start)s AND partition_date < %(end)s AND processed_at IS NULL
+"""
+# A full refresh of the window (run config), or a changed mapping (every day of the source).
+REQUEUE_WINDOW = """
+UPDATE raw_data SET processed_at = NULL
+WHERE source_type = %(source_type)s AND source_name = %(source_name)s
+  AND partition_date >= %(start)s AND partition_date < %(end)s AND processed_at IS NOT NULL
+"""
+REQUEUE_SOURCE = """
+UPDATE raw_data SET processed_at = NULL
+WHERE source_type = %(source_type)s AND source_name = %(source_name)s AND processed_at IS NOT NULL
 """
 
 # The newest observation of each record in the window, its payload decoded by the database into
@@ -41,7 +67,7 @@ SELECT DISTINCT ON (source_id)
        {extracted}
 FROM raw_data
 WHERE source_type = %(source_type)s AND source_name = %(source_name)s
-  AND partition_date >= %(start)s AND partition_date < %(end)s
+  AND partition_date >= %(start)s AND partition_date < %(end)s AND processed_at = now()
 ORDER BY source_id, observed_seq DESC
 """
 
@@ -49,6 +75,18 @@ OPEN_MAP_DEAD_LETTERS = """
 SELECT EXISTS (SELECT 1 FROM dead_letters WHERE stage = 'map' AND status IN ('open', 'retrying')
                AND source_type = %(source_type)s AND source_name = %(source_name)s)
 """
+
+
+class CoreConfig(dg.Config):
+    full_refresh: bool = False
+    """Map every record of the window again, not only the observations no core run has taken."""
+
+
+def mapping_fingerprint(source) -> str:
+    """What decides how a source's records map: a change re-maps all of them."""
+    settings = {"fields": source.field_map, "dayfirst": getattr(source, "dayfirst", False),
+                "date_format": getattr(source, "date_format", None), "mapping": MAPPING_VERSION}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def with_payloads(conn, rejects: pd.DataFrame) -> None:
@@ -77,17 +115,25 @@ def with_payloads(conn, rejects: pd.DataFrame) -> None:
                                    "version, or dead-lettered.")],
     tags={"layer": "core"},
 )
-def core_unified_items(context: dg.AssetExecutionContext, postgres: PostgresResource):
+def core_unified_items(context: dg.AssetExecutionContext, config: CoreConfig, postgres: PostgresResource):
     start, end = utc_window(context)
     store = postgres.store()
     run_id = context.run.run_id
     inserted = updated = resolved = 0
+    requeued: dict[str, int] = {}
     with etl_run(store, run_id=run_id, asset_key="core/unified_items", partition_key=partition_label(context)) as counts:
         with store.transaction() as conn:
             for source in SOURCES.all():
                 source_type, source_name = source.source_type, source.name
                 params = {"source_type": source_type, "source_name": source_name,
                           "start": start.date(), "end": end.date()}
+                mapping = mapping_fingerprint(source)
+                if config.full_refresh:
+                    requeued[source_name] = conn.execute(REQUEUE_WINDOW, params).rowcount
+                elif get_source_fingerprint(conn, "core", f"{source_type}/{source_name}", "mapping") != mapping:
+                    # records mapped under another mapping: every day of the source is mapped again
+                    requeued[source_name] = conn.execute(REQUEUE_SOURCE, params).rowcount
+                set_source_fingerprint(conn, "core", f"{source_type}/{source_name}", "mapping", mapping)
                 conn.execute(MARK_TAKEN, params)
                 resolve = conn.execute(OPEN_MAP_DEAD_LETTERS, params).fetchone()[0]
                 fields = source.field_map
@@ -117,6 +163,10 @@ def core_unified_items(context: dg.AssetExecutionContext, postgres: PostgresReso
                         updated += written.updated
     if counts.failed:
         context.log.warning(f"{counts.failed} record(s) newly failed mapping/validation and went to dead_letters")
+    for name, n in requeued.items():
+        if n:
+            context.log.info(f"{name}: {n} record(s) queued to be mapped again "
+                             f"({'full refresh' if config.full_refresh else 'its mapping changed'})")
 
     check = core_reflects_raw(store, start.date(), end.date())
     yield dg.MaterializeResult(
@@ -128,6 +178,7 @@ def core_unified_items(context: dg.AssetExecutionContext, postgres: PostgresReso
             "records_updated": dg.MetadataValue.int(updated),
             "dead_letters_new": dg.MetadataValue.int(counts.failed),
             "dead_letters_resolved": dg.MetadataValue.int(resolved),
+            "records_requeued": dg.MetadataValue.int(sum(requeued.values())),
         }
     )
     yield check

@@ -22,15 +22,17 @@ from kingtavo_pipeline.sources.config import (
     default_sources_path,
     load_sources,
 )
-from kingtavo_pipeline.sources.csv_source import iter_raw_batches
+from kingtavo_pipeline.sources.csv_source import iter_raw_batches, source_fingerprint
 from kingtavo_pipeline.sources.rss_source import read_feed
 from kingtavo_pipeline.storage.bookkeeping import (
     etl_run,
     get_checkpoint,
+    get_source_fingerprint,
     land_raw,
     record_dead_letters,
     resolve_landed_dead_letters,
     set_checkpoint,
+    set_source_fingerprint,
 )
 from kingtavo_pipeline.storage.errors import redact_url
 
@@ -57,6 +59,7 @@ def land_source(
     source_type: str,
     source: CsvSource | RssSource,
     batches: Iterable[pd.DataFrame],
+    fingerprint: Callable[[], str] | None = None,
 ) -> dg.MaterializeResult:
     """Land every dated record the source delivers, in whatever day it belongs to.
 
@@ -73,7 +76,12 @@ def land_source(
     other_days: dict = {}
     with store.transaction() as conn:
         mark = get_checkpoint(conn, source_type, source.name, source.entity)
+        landed_as = get_source_fingerprint(conn, source_type, source.name, source.entity)
+        retrying = conn.execute(RETRYING_EXTRACT, (source_type, source.name)).fetchone()[0]
     high_water = pd.Timestamp(mark).tz_convert("UTC").normalize() if mark else None
+    now_as = fingerprint() if fingerprint else None
+    if now_as is not None and now_as == landed_as and not retrying:
+        return unchanged_source(context, store, source_type, source, start, end)
     with etl_run(store, run_id=run_id, asset_key=context.asset_key.to_user_string(),
                  partition_key=partition_label(context)) as counts:
         for frame in batches:
@@ -125,6 +133,9 @@ def land_source(
                     late += n
             counts.loaded += len(batch)
         counts.failed = dead
+        if now_as is not None:
+            with store.transaction() as conn:  # every batch has committed: the source is landed whole
+                set_source_fingerprint(conn, source_type, source.name, source.entity, now_as)
     if counts.failed:
         context.log.warning(f"{counts.failed} new record(s) of {source.name} were malformed or had no usable date; see dead_letters")
     if other_days:
@@ -146,8 +157,40 @@ def land_source(
     )
 
 
+RETRYING_EXTRACT = """SELECT EXISTS (SELECT 1 FROM dead_letters WHERE stage = 'extract' AND status = 'retrying'
+                                      AND source_type = %s AND source_name = %s)"""
+
+
+def unchanged_source(context: dg.AssetExecutionContext, store, source_type: str, source, start, end) -> dg.MaterializeResult:
+    """The source is exactly as it was when it was last landed whole: reading it again would land
+    nothing, so it is not read (run with ``reread: true`` to read it anyway)."""
+    with etl_run(store, run_id=context.run.run_id, asset_key=context.asset_key.to_user_string(),
+                 partition_key=partition_label(context)):
+        in_window = store.fetch_value(
+            "SELECT count(*) FROM raw_data WHERE source_type = %s AND source_name = %s "
+            "AND partition_date >= %s AND partition_date < %s",
+            (source_type, source.name, start.date(), end.date()),
+        )
+    context.log.info(f"{source.name} is unchanged since it was last landed; not read again")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/table_name": "raw_data",
+            "source_unchanged": True,
+            "records_read": dg.MetadataValue.int(0),
+            "dagster/partition_row_count": dg.MetadataValue.int(int(in_window)),
+            "records_new": dg.MetadataValue.int(0),
+            "dead_letters": dg.MetadataValue.int(0),
+        }
+    )
+
+
+class RawConfig(dg.Config):
+    reread: bool = False
+    """Read the source even if it is unchanged since it was last landed whole."""
+
+
 def _raw_asset(source_type: str, source: CsvSource | RssSource, batches: Callable[[], Iterator[pd.DataFrame]],
-               description: str) -> dg.AssetsDefinition:
+               description: str, fingerprint: Callable[[CsvSource | RssSource], str] | None = None) -> dg.AssetsDefinition:
     @dg.asset(
         key=["raw", source_type, source.name],
         description=description,
@@ -159,9 +202,10 @@ def _raw_asset(source_type: str, source: CsvSource | RssSource, batches: Callabl
         metadata={"partition_expr": "partition_date", "source_entity": source.entity},
         tags={"layer": "raw"},
     )
-    def _asset(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext, config: RawConfig, postgres: PostgresResource) -> dg.MaterializeResult:
         try:
-            return land_source(context, postgres, source_type=source_type, source=source, batches=batches())
+            return land_source(context, postgres, source_type=source_type, source=source, batches=batches(),
+                               fingerprint=None if config.reread or fingerprint is None else lambda: fingerprint(source))
         except SourceConfigError as exc:
             # The sources file does not match the data: the message says what to fix, and a
             # retry would fail the same way.
@@ -174,7 +218,8 @@ def build_raw_assets(config: SourcesConfig) -> list[dg.AssetsDefinition]:
     assets = []
     for csv_source in config.csv:
         assets.append(_raw_asset("csv", csv_source, lambda s=csv_source: iter_raw_batches(s),
-                                 f"CSV rows from {csv_source.path} landed in raw_data."))
+                                 f"CSV rows from {csv_source.path} landed in raw_data.",
+                                 fingerprint=source_fingerprint))
     for rss_source in config.rss:
         # A generator, so the feed is read inside the run's bookkeeping and its errors are recorded.
         assets.append(_raw_asset("rss", rss_source, lambda s=rss_source: (read_feed(s) for _ in range(1)),
