@@ -229,9 +229,10 @@ def status() -> None:
     for source_type, name, value, success, total in marks:
         when = success.strftime("%Y-%m-%d %H:%M:%SZ") if success else "-"
         click.echo(f"  {source_type}/{name:<22} {value or '-':<27} {when:<21} {total}")
-    waiting = store.fetch_all(
-        "SELECT partition_date, count(*) FROM raw_data WHERE processed_at IS NULL GROUP BY 1 ORDER BY 1"
-    )
+    from kingtavo_pipeline.storage.bookkeeping import unprocessed_partitions
+
+    with store.transaction() as conn:
+        waiting = [(day, n) for day, n, *_ in unprocessed_partitions(conn)]
     click.echo("Landed records waiting for core (late-records sensor, or a run of their day):" + ("" if waiting else " none"))
     for day, n in waiting:
         click.echo(f"  {day}  {n}")

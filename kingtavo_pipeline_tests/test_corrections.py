@@ -163,7 +163,7 @@ def test_late_records_are_picked_up_by_the_sensor(store, clickhouse, tmp_path, m
     orders.write("1,2024-11-01,alpha,10", "3,2024-11-03,gamma,30")
     orders.land("2024-11-01")
     orders.downstream("2024-11-01", "2024-11-03")
-    assert store.fetch_value("SELECT count(*) FROM raw_data WHERE processed_at IS NULL") == 0
+    assert store.fetch_value("SELECT count(*) FROM raw_partitions WHERE landed_seq > taken_seq") == 0
 
     orders.write("1,2024-11-01,alpha,10", "2,2024-11-01,late beta,20", "3,2024-11-03,gamma,30")
     landed = orders.land("2024-11-03")

@@ -50,7 +50,7 @@ def test_sample_graph_loads_everything_once(store, clickhouse):
     runs = store.fetch_all("SELECT asset_key, status, records_loaded, records_failed FROM etl_runs ORDER BY asset_key")
     assert len(runs) == 7 and all(r[1] == "success" for r in runs)
     assert ("core/unified_items", "success", SAMPLE_RAW_ROWS - SAMPLE_BAD_ROWS, SAMPLE_BAD_ROWS) in runs
-    assert store.fetch_value("SELECT count(*) FROM raw_data WHERE processed_at IS NULL") == 0
+    assert store.fetch_value("SELECT count(*) FROM raw_partitions WHERE landed_seq > taken_seq") == 0
 
     checkpoints = dict(store.fetch_all("SELECT source_name, checkpoint_value FROM etl_checkpoints WHERE source_type <> 'core'"))
     assert set(checkpoints) == {"shop_orders", "suppliers", "catalog", "tech_news", "release_notes"}
@@ -87,10 +87,10 @@ def test_failed_core_load_rolls_back_everything(store, clickhouse, monkeypatch):
     monkeypatch.setattr(core_assets, "record_dead_letters", broken_dead_letters)
     result = run_unified_job(raise_on_error=False)
     assert not result.success
-    # raw landed, but the core transaction (upsert + dead letters + processed_at) left no trace
+    # raw landed, but the core transaction (upsert + dead letters + what core took) left no trace
     assert store.fetch_value("SELECT count(*) FROM raw_data") == SAMPLE_RAW_ROWS
     assert store.fetch_value("SELECT count(*) FROM unified_items") == 0
-    assert store.fetch_value("SELECT count(*) FROM raw_data WHERE processed_at IS NOT NULL") == 0
+    assert store.fetch_value("SELECT count(*) FROM raw_partitions WHERE taken_seq > 0") == 0
     status, error = store.fetch_all("SELECT status, error_message FROM etl_runs WHERE asset_key = 'core/unified_items'")[0]
     assert status == "failed" and "dead-letter write failed" in error
     # and the warehouse never ran
@@ -122,9 +122,13 @@ def test_undated_and_out_of_window_rows(store, tmp_path):
     [asset] = build_raw_assets(load_sources(tmp_path / "sources.yaml"))
     result = dg.materialize([asset], partition_key="2024-11-01", resources={"postgres": PostgresResource()})
     assert result.success
-    assert store.fetch_all("SELECT source_id, partition_date, processed_at FROM raw_data ORDER BY 1") == [
-        ("1", dt.date(2024, 11, 1), None),
-        ("3", dt.date(2024, 11, 2), None),
+    assert store.fetch_all("SELECT source_id, partition_date FROM raw_data ORDER BY 1") == [
+        ("1", dt.date(2024, 11, 1)),
+        ("3", dt.date(2024, 11, 2)),
+    ]
+    # both days wait for core
+    assert store.fetch_all("SELECT partition_date FROM raw_partitions WHERE landed_seq > taken_seq ORDER BY 1") == [
+        (dt.date(2024, 11, 1),), (dt.date(2024, 11, 2),)
     ]
     dead = store.fetch_all(
         "SELECT source_id, stage, error_type, error_message, payload->>'_raw' FROM dead_letters ORDER BY source_id"

@@ -153,13 +153,13 @@ def test_a_changed_mapping_maps_every_day_of_the_source_again(store, clickhouse,
     assert dg.materialize([raw_asset], partition_key="2024-11-01", resources=resources).success
     for day in ("2024-11-01", "2024-11-05"):
         assert dg.materialize([core_assets.core_unified_items], partition_key=day, resources=resources).success
-    assert store.fetch_value("SELECT count(*) FROM raw_data WHERE processed_at IS NULL") == 0
+    assert store.fetch_value("SELECT count(*) FROM raw_partitions WHERE landed_seq > taken_seq") == 0
 
     sources_file.write_text(sources_file.read_text().replace("title: name}", "title: label}"))
     remapped = load_sources(sources_file)
     monkeypatch.setattr(core_assets, "SOURCES", remapped)
     result = dg.materialize([core_assets.core_unified_items], partition_key="2024-11-01", resources=resources)
-    assert _metadata(result, "core", "unified_items")["records_requeued"].value == 2
+    assert _metadata(result, "core", "unified_items")["days_requeued"].value == 2
     assert store.fetch_all("SELECT external_id, title FROM unified_items ORDER BY 1") == [("1", "A"), ("2", "beta")]
     # the other day waits for its run (the late-records sensor finds it)
-    assert store.fetch_all("SELECT partition_date FROM raw_data WHERE processed_at IS NULL") == [(dt.date(2024, 11, 5),)]
+    assert store.fetch_all("SELECT partition_date FROM raw_partitions WHERE landed_seq > taken_seq") == [(dt.date(2024, 11, 5),)]

@@ -172,24 +172,34 @@ class LandResult:
         return self.staged - self.observed
 
 
+# The newest observation of each staged record is one index probe (LATERAL ... LIMIT 1): a join
+# would read every stored observation of the source for every batch.
 _LAND_SQL = """
-WITH current AS (
-    SELECT DISTINCT ON (r.source_id) r.source_id, r.payload_hash
-    FROM raw_data r JOIN {stage} s ON s.source_id = r.source_id
-    WHERE r.source_type = %(source_type)s AND r.source_name = %(source_name)s AND r.entity = %(entity)s
-    ORDER BY r.source_id, r.observed_seq DESC
-), written AS (
+WITH written AS (
     INSERT INTO raw_data AS t (source_type, source_name, entity, source_id, partition_date, payload,
                                payload_hash, run_id, observed_seq)
     SELECT %(source_type)s, %(source_name)s, %(entity)s, s.source_id, s.partition_date, s.payload::jsonb,
            s.payload_hash, %(run_id)s, nextval('raw_observation_seq')
     FROM {stage} s
-    WHERE NOT EXISTS (SELECT 1 FROM current c WHERE c.source_id = s.source_id AND c.payload_hash = s.payload_hash)
+    LEFT JOIN LATERAL (
+        SELECT r.payload_hash FROM raw_data r
+        WHERE r.source_type = %(source_type)s AND r.source_name = %(source_name)s AND r.entity = %(entity)s
+          AND r.source_id = s.source_id
+        ORDER BY r.observed_seq DESC LIMIT 1
+    ) current ON true
+    WHERE current.payload_hash IS DISTINCT FROM s.payload_hash
     ORDER BY s.ord
     ON CONFLICT (source_type, source_name, entity, source_id, payload_hash) DO UPDATE
         SET observed_seq = EXCLUDED.observed_seq, extracted_at = now(), run_id = EXCLUDED.run_id,
-            partition_date = EXCLUDED.partition_date, processed_at = NULL
-    RETURNING (xmax = 0) AS inserted, partition_date, source_id
+            partition_date = EXCLUDED.partition_date
+    RETURNING (xmax = 0) AS inserted, partition_date, source_id, observed_seq
+), progress AS (
+    INSERT INTO raw_partitions AS p (source_type, source_name, partition_date, landed_seq, landed_at, landed_run_id)
+    SELECT %(source_type)s, %(source_name)s, partition_date, max(observed_seq), now(), %(run_id)s
+    FROM written GROUP BY partition_date
+    ON CONFLICT (source_type, source_name, partition_date) DO UPDATE
+        SET landed_seq = greatest(p.landed_seq, EXCLUDED.landed_seq), landed_at = now(),
+            landed_run_id = EXCLUDED.landed_run_id
 )
 SELECT partition_date, inserted, source_id FROM written
 """
@@ -209,8 +219,8 @@ def land_raw(
 
     Each record gets the next ``observed_seq`` when its content differs from its newest
     observation: new content is a new row; content seen before (a value that reverts, A -> B -> A)
-    re-stamps its row, which makes it the newest again and queues it for core (``processed_at``
-    cleared). Content equal to the newest observation changes nothing. Within one batch the last
+    re-stamps its row, which makes it the newest again. Either way the day's ``raw_partitions.landed_seq``
+    moves past what core has taken, which queues it for core. Content equal to the newest observation changes nothing. Within one batch the last
     row of a record is its observation (file order). Landers of one source take turns, so two runs
     cannot both decide they hold the newest observation.
     """
@@ -244,7 +254,7 @@ def land_raw(
         conn.execute(
             sql.SQL("DELETE FROM {s} a USING {s} b WHERE a.source_id = b.source_id AND a.ord < b.ord").format(s=stage)
         )
-    conn.execute(sql.SQL("ANALYZE {}").format(stage))
+    conn.execute("SET LOCAL work_mem = '64MB'")  # the batch sorts in memory
     rows = conn.execute(
         sql.SQL(_LAND_SQL).format(stage=stage),
         {"source_type": source_type, "source_name": source_name, "entity": entity, "run_id": run_id},
@@ -258,15 +268,30 @@ def land_raw(
 
 
 def unprocessed_partitions(conn: psycopg.Connection, after_seq: int = 0) -> list[tuple[date, int, int, int, list[str]]]:
-    """Landed observations no core run has taken yet, per day:
-    ``(partition_date, records, min observed_seq, max observed_seq, landing run ids)``."""
+    """Days holding landed observations no core run has taken yet (``landed_seq > taken_seq``):
+    ``(partition_date, records, lowest untaken seq, newest landed seq, landing run ids)``."""
     return conn.execute(
-        """SELECT partition_date, count(*), min(observed_seq), max(observed_seq),
-                  array_agg(DISTINCT coalesce(run_id, ''))
-           FROM raw_data WHERE processed_at IS NULL AND observed_seq > %s
-           GROUP BY partition_date ORDER BY partition_date""",
+        """SELECT p.partition_date,
+                  sum((SELECT count(*) FROM raw_data r
+                       WHERE r.source_type = p.source_type AND r.source_name = p.source_name
+                         AND r.partition_date = p.partition_date AND r.observed_seq > p.taken_seq)),
+                  min(p.taken_seq) + 1, max(p.landed_seq), array_agg(DISTINCT coalesce(p.landed_run_id, ''))
+           FROM raw_partitions p
+           WHERE p.landed_seq > p.taken_seq AND p.landed_seq > %s
+           GROUP BY p.partition_date ORDER BY p.partition_date""",
         (after_seq,),
     ).fetchall()
+
+
+def requeue(conn: psycopg.Connection, source_type: str, source_name: str,
+            start: date | None = None, end: date | None = None) -> int:
+    """Let core take a source's days again (all of them, or ``[start, end)``); returns the days."""
+    window = "AND partition_date >= %s AND partition_date < %s" if start is not None else ""
+    cursor = conn.execute(
+        f"UPDATE raw_partitions SET taken_seq = 0 WHERE source_type = %s AND source_name = %s AND taken_seq > 0 {window}",
+        (source_type, source_name, *((start, end) if start is not None else ())),
+    )
+    return cursor.rowcount
 
 
 # --- dead_letters ------------------------------------------------------------------------------
@@ -411,8 +436,8 @@ def list_dead_letters(conn: psycopg.Connection, *, ids: list[int] | None = None,
 
 def mark_for_retry(conn: psycopg.Connection, *, ids: list[int] | None = None, source: str | None = None,
                    stage: str | None = None) -> list[tuple[int, str, str, str]]:
-    """Open dead letters -> ``retrying`` (one more attempt). A map-stage record's raw observation is
-    queued for core again (``processed_at`` NULL); an extract-stage record needs its source read
+    """Open dead letters -> ``retrying`` (one more attempt). A map-stage record's day is queued for
+    core again from just before its observation; an extract-stage record needs its source read
     again. Returns ``(id, stage, source_type, source_name)`` of the letters marked."""
     where, params = _dead_letter_filter(ids, None, source, stage)
     rows = conn.execute(
@@ -423,7 +448,13 @@ def mark_for_retry(conn: psycopg.Connection, *, ids: list[int] | None = None, so
     ).fetchall()
     raw_ids = [r[4] for r in rows if r[1] == "map" and r[4] is not None]
     if raw_ids:
-        conn.execute("UPDATE raw_data SET processed_at = NULL WHERE id = ANY(%s)", (raw_ids,))
+        # core takes the observation's day again from just before it
+        conn.execute(
+            """UPDATE raw_partitions p SET taken_seq = least(p.taken_seq, r.observed_seq - 1)
+               FROM raw_data r WHERE r.id = ANY(%s) AND p.source_type = r.source_type
+                 AND p.source_name = r.source_name AND p.partition_date = r.partition_date""",
+            (raw_ids,),
+        )
     return [r[:4] for r in rows]
 
 

@@ -1,8 +1,8 @@
 """Which partitions to run again for records that landed after their day was processed (pure).
 
 A raw step lands every record its source delivers under the record's own day, so a late record
-(a file row for last week, an API update to an old order) waits in ``raw_data`` with
-``processed_at`` NULL until a core run takes its day. :func:`plan_late_runs` turns those waiting
+(a file row for last week, an API update to an old order) waits in ``raw_data`` until a core run
+takes its day. :func:`plan_late_runs` turns those waiting
 days into contiguous ranges to run (one single-run backfill each) and the cursor to keep: it never
 passes an observation it did not ask for, so records of a day that does not exist yet, or still
 being landed by a run in progress (whose own core step will take them), are asked for later.

@@ -64,6 +64,7 @@ VALID_COLUMNS = (
     "updated_at",
     "source_updated_at",
     "observed_seq",
+    "source_id",
 )
 # Raise when the mapping's rules change (parsing, validation): core then maps every record again.
 MAPPING_VERSION = 1
@@ -187,6 +188,7 @@ def _empty_valid() -> pd.DataFrame:
             "updated_at": pd.Series(dtype=TS_DTYPE),
             "source_updated_at": pd.Series(dtype=TS_DTYPE),
             "observed_seq": pd.Series(dtype="int64"),
+            "source_id": pd.Series(dtype=object),
         }
     )
 
@@ -436,6 +438,7 @@ def map_to_unified(
             "updated_at": source_updated.where(source_updated.notna(), observed_at).astype(TS_DTYPE),
             "source_updated_at": source_updated.astype(TS_DTYPE),
             "observed_seq": observed_seq,
+            "source_id": raw["source_id"].astype(object),
         },
         index=index,
     )[list(VALID_COLUMNS)][ok]

@@ -2,9 +2,10 @@
 
 Which version wins: the newest observation of a record (``raw_data.observed_seq``), unless the
 source maps its own modification time (``updated_at``), which then leads; never a business date.
-One PostgreSQL transaction per run holds the upsert, the dead letters of rejected records, the
-resolution of dead letters whose records now mapped, and the ``processed_at`` mark on the raw rows
-taken, so none of them can get ahead of the others.
+Core is incremental: it maps the observations landed since it last took each day
+(``raw_partitions``). One PostgreSQL transaction per run holds the upsert, the dead letters of
+rejected records, the resolution of dead letters whose records now mapped, and the move of what
+core has taken, so none of them can get ahead of the others.
 """
 
 import hashlib
@@ -23,6 +24,7 @@ from kingtavo_pipeline.storage.bookkeeping import (
     etl_run,
     get_source_fingerprint,
     record_dead_letters,
+    requeue,
     resolve_mapped_dead_letters,
     set_source_fingerprint,
 )
@@ -40,35 +42,32 @@ READ_CHUNK_ROWS = 50_000
 # every accepted change gets a new row version: the warehouse's ReplacingMergeTree _version
 ROW_VERSION = {"row_version": "nextval('unified_items_row_version_seq')"}
 
-# Core is incremental: a run takes the window's observations no core run has taken yet. It marks
-# them first, with the transaction's own now(), and then reads exactly the rows it marked; a row
-# landed meanwhile stays unmarked for the next run (the late-records sensor asks for its day).
-MARK_TAKEN = """
-UPDATE raw_data SET processed_at = now()
+# Core is incremental: per source and day it takes the observations landed after what it took last
+# (raw_partitions.taken_seq) up to the newest landed when the run looked (landed_seq). A row landed
+# after that look has a higher number and waits for the next run.
+WINDOW_PROGRESS = """
+SELECT partition_date, taken_seq, landed_seq FROM raw_partitions
 WHERE source_type = %(source_type)s AND source_name = %(source_name)s
-  AND partition_date >= %(start)s AND partition_date < %(end)s AND processed_at IS NULL
+  AND partition_date >= %(start)s AND partition_date < %(end)s AND landed_seq > taken_seq
 """
-# A full refresh of the window (run config), or a changed mapping (every day of the source).
-REQUEUE_WINDOW = """
-UPDATE raw_data SET processed_at = NULL
-WHERE source_type = %(source_type)s AND source_name = %(source_name)s
-  AND partition_date >= %(start)s AND partition_date < %(end)s AND processed_at IS NOT NULL
-"""
-REQUEUE_SOURCE = """
-UPDATE raw_data SET processed_at = NULL
-WHERE source_type = %(source_type)s AND source_name = %(source_name)s AND processed_at IS NOT NULL
+TAKEN = """
+UPDATE raw_partitions p SET taken_seq = greatest(p.taken_seq, v.landed_seq), taken_at = now()
+FROM unnest(%(days)s::date[], %(seqs)s::bigint[]) AS v(partition_date, landed_seq)
+WHERE p.source_type = %(source_type)s AND p.source_name = %(source_name)s AND p.partition_date = v.partition_date
 """
 
-# The newest observation of each record in the window, its payload decoded by the database into
-# the columns the mapping reads (no JSON parsed in Python); chunks stream from a server-side cursor.
+# The newest untaken observation of each record in the window, its payload decoded by the database
+# into the columns the mapping reads (no JSON parsed in Python); chunks stream from a server-side cursor.
 RAW_FOR_WINDOW = """
-SELECT DISTINCT ON (source_id)
-       id AS raw_data_id, source_type, source_name, entity, source_id, partition_date, observed_seq, extracted_at,
-       {extracted}
-FROM raw_data
-WHERE source_type = %(source_type)s AND source_name = %(source_name)s
-  AND partition_date >= %(start)s AND partition_date < %(end)s AND processed_at = now()
-ORDER BY source_id, observed_seq DESC
+SELECT DISTINCT ON (r.source_id)
+       r.id AS raw_data_id, r.source_type, r.source_name, r.entity, r.source_id, r.partition_date,
+       r.observed_seq, r.extracted_at, {extracted}
+FROM raw_data r
+JOIN unnest(%(days)s::date[], %(taken)s::bigint[], %(landed)s::bigint[]) AS v(partition_date, taken_seq, landed_seq)
+  ON v.partition_date = r.partition_date
+WHERE r.source_type = %(source_type)s AND r.source_name = %(source_name)s
+  AND r.observed_seq > v.taken_seq AND r.observed_seq <= v.landed_seq
+ORDER BY r.source_id, r.observed_seq DESC
 """
 
 OPEN_MAP_DEAD_LETTERS = """
@@ -129,12 +128,16 @@ def core_unified_items(context: dg.AssetExecutionContext, config: CoreConfig, po
                           "start": start.date(), "end": end.date()}
                 mapping = mapping_fingerprint(source)
                 if config.full_refresh:
-                    requeued[source_name] = conn.execute(REQUEUE_WINDOW, params).rowcount
+                    requeued[source_name] = requeue(conn, source_type, source_name, params["start"], params["end"])
                 elif get_source_fingerprint(conn, "core", f"{source_type}/{source_name}", "mapping") != mapping:
                     # records mapped under another mapping: every day of the source is mapped again
-                    requeued[source_name] = conn.execute(REQUEUE_SOURCE, params).rowcount
+                    requeued[source_name] = requeue(conn, source_type, source_name)
                 set_source_fingerprint(conn, "core", f"{source_type}/{source_name}", "mapping", mapping)
-                conn.execute(MARK_TAKEN, params)
+                progress = conn.execute(WINDOW_PROGRESS, params).fetchall()
+                if not progress:
+                    continue  # nothing landed in the window since core last took it
+                params.update(days=[p[0] for p in progress], taken=[p[1] for p in progress],
+                              landed=[p[2] for p in progress], seqs=[p[2] for p in progress])
                 resolve = conn.execute(OPEN_MAP_DEAD_LETTERS, params).fetchone()[0]
                 fields = source.field_map
                 items, item_params = extraction_sql(fields)
@@ -161,11 +164,12 @@ def core_unified_items(context: dg.AssetExecutionContext, config: CoreConfig, po
                         counts.loaded += len(result.valid)
                         inserted += written.inserted
                         updated += written.updated
+                conn.execute(TAKEN, params)
     if counts.failed:
         context.log.warning(f"{counts.failed} record(s) newly failed mapping/validation and went to dead_letters")
     for name, n in requeued.items():
         if n:
-            context.log.info(f"{name}: {n} record(s) queued to be mapped again "
+            context.log.info(f"{name}: {n} day(s) queued to be mapped again "
                              f"({'full refresh' if config.full_refresh else 'its mapping changed'})")
 
     check = core_reflects_raw(store, start.date(), end.date())
@@ -178,7 +182,7 @@ def core_unified_items(context: dg.AssetExecutionContext, config: CoreConfig, po
             "records_updated": dg.MetadataValue.int(updated),
             "dead_letters_new": dg.MetadataValue.int(counts.failed),
             "dead_letters_resolved": dg.MetadataValue.int(resolved),
-            "records_requeued": dg.MetadataValue.int(sum(requeued.values())),
+            "days_requeued": dg.MetadataValue.int(sum(requeued.values())),
         }
     )
     yield check

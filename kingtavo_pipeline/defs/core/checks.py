@@ -16,32 +16,33 @@ from kingtavo_pipeline.storage.postgres import PostgresStore
 
 CORE_REFLECTS_RAW_CHECK = "core_reflects_raw"
 
-# Newest observation per record among those landed in the window, and what core holds for it.
+# Newest observation per record among those landed in the window, what core holds for the record
+# (found by the raw record it comes from, wherever it lives now) and its newest open map failure.
+# Hash aggregates and joins: no sort, no per-record probe of raw_data.
 CORE_REFLECTS_RAW_SQL = """
 WITH newest AS (
-    SELECT DISTINCT ON (source_type, source_name, entity, source_id)
-           id, observed_seq, source_type, source_name, entity, source_id
+    SELECT source_type, source_name, source_id, max(observed_seq) AS seq
     FROM raw_data
     WHERE partition_date >= %(start)s AND partition_date < %(end)s
-    ORDER BY source_type, source_name, entity, source_id, observed_seq DESC
-), accounted AS (
-    SELECT n.observed_seq AS newest_seq, held.observed_seq AS core_seq, held.source_updated_at,
-           EXISTS (SELECT 1 FROM dead_letters d
-                   WHERE d.stage = 'map' AND d.status IN ('open', 'retrying', 'ignored') AND d.raw_data_id = n.id) AS dead
-    FROM newest n
-    LEFT JOIN LATERAL (
-        SELECT u.observed_seq, u.source_updated_at
-        FROM raw_data r JOIN unified_items u ON u.raw_data_id = r.id
-        WHERE r.source_type = n.source_type AND r.source_name = n.source_name AND r.entity = n.entity
-          AND r.source_id = n.source_id
-        ORDER BY u.observed_seq DESC LIMIT 1
-    ) held ON true
+    GROUP BY 1, 2, 3
+), failed AS (
+    SELECT d.source_type, d.source_name, d.source_id, max(r.observed_seq) AS seq
+    FROM dead_letters d JOIN raw_data r ON r.id = d.raw_data_id
+    WHERE d.stage = 'map' AND d.status IN ('open', 'retrying', 'ignored')
+    GROUP BY 1, 2, 3
 )
 SELECT count(*),
        count(*) FILTER (WHERE dead),
        count(*) FILTER (WHERE core_seq IS NULL AND NOT dead),
-       count(*) FILTER (WHERE core_seq < newest_seq AND source_updated_at IS NULL AND NOT dead)
-FROM accounted
+       count(*) FILTER (WHERE core_seq < seq AND source_updated_at IS NULL AND NOT dead)
+FROM (
+    SELECT n.seq, u.observed_seq AS core_seq, u.source_updated_at, coalesce(f.seq >= n.seq, false) AS dead
+    FROM newest n
+    LEFT JOIN unified_items u
+           ON u.source_type = n.source_type AND u.source_name = n.source_name AND u.source_id = n.source_id
+    LEFT JOIN failed f
+           ON f.source_type = n.source_type AND f.source_name = n.source_name AND f.source_id = n.source_id
+) accounted
 """
 
 CORE_ROWS_SQL = "SELECT count(*) FROM unified_items WHERE partition_date >= %s AND partition_date < %s"

@@ -1,7 +1,8 @@
 """``late_records_sensor``: runs core and the warehouse again for days that received records late.
 
 The raw steps land records under their own day whatever window they run for; this sensor finds
-the days whose landed records no core run has taken yet (``raw_data.processed_at`` NULL) and asks
+the days whose landed records no core run has taken yet (``raw_partitions.landed_seq`` past
+``taken_seq``) and asks
 for one single-run backfill of ``late_records_job`` per contiguous range of them, with stable run
 keys. The planning is :func:`kingtavo_pipeline.transform.late.plan_late_runs`.
 """

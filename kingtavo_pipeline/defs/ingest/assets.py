@@ -64,8 +64,8 @@ def land_source(
     """Land every dated record the source delivers, in whatever day it belongs to.
 
     Nothing is ignored for being outside the run's window: a record of another day is landed in
-    that day (``partition_date``) and left for core (``processed_at`` is NULL), where the
-    late-records sensor finds it. Records dated before the first partition and records without a
+    that day (``partition_date``), where core takes it (``raw_partitions``) and the late-records
+    sensor finds it. Records dated before the first partition and records without a
     usable date go to ``dead_letters``.
     """
     start, end = utc_window(context)
@@ -78,6 +78,7 @@ def land_source(
         mark = get_checkpoint(conn, source_type, source.name, source.entity)
         landed_as = get_source_fingerprint(conn, source_type, source.name, source.entity)
         retrying = conn.execute(RETRYING_EXTRACT, (source_type, source.name)).fetchone()[0]
+        open_extract_letters = conn.execute(OPEN_EXTRACT, (source_type, source.name)).fetchone()[0]
     high_water = pd.Timestamp(mark).tz_convert("UTC").normalize() if mark else None
     now_as = fingerprint() if fingerprint else None
     if now_as is not None and now_as == landed_as and not retrying:
@@ -115,8 +116,11 @@ def land_source(
                                   entity=source.entity, run_id=run_id)
                 dead += record_dead_letters(conn, rejects, stage="extract", source_type=source_type,
                                             source_name=source.name, entity=source.entity, run_id=run_id)
-                resolve_landed_dead_letters(conn, stage="extract", source_type=source_type, source_name=source.name,
-                                            entity=source.entity, source_ids=landed.source_ids, run_id=run_id)
+                open_extract_letters = open_extract_letters or dead > 0
+                if open_extract_letters:  # cheap to skip: most runs have none
+                    resolve_landed_dead_letters(conn, stage="extract", source_type=source_type,
+                                                source_name=source.name, entity=source.entity,
+                                                source_ids=landed.source_ids, run_id=run_id)
                 if len(batch):
                     # the source's high-water mark moves with the rows it covers, in their transaction
                     set_checkpoint(conn, source_type, source.name, source.entity,
@@ -159,6 +163,10 @@ def land_source(
 
 RETRYING_EXTRACT = """SELECT EXISTS (SELECT 1 FROM dead_letters WHERE stage = 'extract' AND status = 'retrying'
                                       AND source_type = %s AND source_name = %s)"""
+
+
+OPEN_EXTRACT = """SELECT EXISTS (SELECT 1 FROM dead_letters WHERE stage = 'extract' AND status IN ('open', 'retrying')
+                                  AND source_type = %s AND source_name = %s)"""
 
 
 def unchanged_source(context: dg.AssetExecutionContext, store, source_type: str, source, start, end) -> dg.MaterializeResult:
