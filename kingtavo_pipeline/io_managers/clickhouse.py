@@ -723,6 +723,9 @@ def write_parts(
     written = 0
     counts: dict[str, int] = {}
     client.command(f"CREATE TABLE {stage} AS {target}")
+    # Its parts are moved whole into the target: merging them first is wasted work, and in chDB
+    # (in-process) the merges' memory grew with the rows written.
+    client.command(f"SYSTEM STOP MERGES {stage}")
     try:
         for arrow in parts:
             if not arrow.num_rows:
