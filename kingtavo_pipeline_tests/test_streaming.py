@@ -163,3 +163,66 @@ def test_a_changed_mapping_maps_every_day_of_the_source_again(store, clickhouse,
     assert store.fetch_all("SELECT external_id, title FROM unified_items ORDER BY 1") == [("1", "A"), ("2", "beta")]
     # the other day waits for its run (the late-records sensor finds it)
     assert store.fetch_all("SELECT partition_date FROM raw_partitions WHERE landed_seq > taken_seq") == [(dt.date(2024, 11, 5),)]
+
+
+BOUNDED_RUN = r"""
+import functools, os, sys
+from pathlib import Path
+
+import dagster as dg
+
+import kingtavo_pipeline.defs.core.assets as core_assets
+import kingtavo_pipeline.defs.ingest.assets as ingest_assets
+from kingtavo_pipeline.defs.warehouse.assets import warehouse_unified_items
+from kingtavo_pipeline.definitions import defs
+from kingtavo_pipeline.io_managers import ClickHouseIOManager, PostgresIOManager
+from kingtavo_pipeline.sources.config import load_sources
+from kingtavo_pipeline.sources.csv_source import iter_raw_batches
+
+rows, batch, work = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+with open(work / "orders.csv", "w") as f:
+    f.write("id,day,name,amount,notes\n")
+    for i in range(rows):
+        f.write(f"{i},2024-11-0{1 + i % 3},item number {i},{i % 997}.5,{'x' * 40}\n")
+(work / "sources.yaml").write_text(
+    "csv:\n  - name: bounded\n    path: orders.csv\n    id_column: id\n    date_column: day\n"
+    "    fields: {external_id: id, title: name, amount: amount, description: notes}\n")
+sources = load_sources(work / "sources.yaml")
+core_assets.SOURCES = sources
+core_assets.READ_CHUNK_ROWS = batch
+ingest_assets.iter_raw_batches = functools.partial(iter_raw_batches, batch_size=batch)
+[raw] = ingest_assets.build_raw_assets(sources)
+resources = {**defs().resources, "postgres_io_manager": PostgresIOManager(batch_rows=batch),
+             "clickhouse_io_manager": ClickHouseIOManager(batch_rows=batch)}
+tags = {"dagster/asset_partition_range_start": "2024-11-01", "dagster/asset_partition_range_end": "2024-11-03"}
+assert dg.materialize([raw], tags=tags, resources=resources).success
+assert dg.materialize([core_assets.core_unified_items, warehouse_unified_items], tags=tags, resources=resources).success
+status = Path("/proc/self/status").read_text()
+print("PEAK_KIB", next(int(l.split()[1]) for l in status.splitlines() if l.startswith("VmHWM:")))
+"""
+
+
+def test_peak_memory_does_not_grow_with_the_partition(postgres_url, tmp_path):
+    """The same graph, in one process, on 1x and 8x the rows with the same batch size: the peak
+    RSS differs by far less than the extra data (every layer holds a batch, not the partition)."""
+    import os
+    import subprocess
+    import sys
+
+    batch = 2_000
+    peaks = {}
+    for rows in (20_000, 160_000):
+        work = tmp_path / str(rows)
+        work.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KINGTAVO_", "DAGSTER_"))}
+        env.update(KINGTAVO_POSTGRES_URL=postgres_url, KINGTAVO_CLICKHOUSE_URL=f"chdb://{work / 'ch'}",
+                   KINGTAVO_HOME=str(work / "home"))
+        out = subprocess.run([sys.executable, "-c", BOUNDED_RUN, str(rows), str(batch), str(work)],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        peaks[rows] = int(next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("PEAK_KIB"))) / 1024
+    # 140,000 more rows: held whole by any layer (payload text, a pandas frame of the window, the
+    # Arrow table of the warehouse write) they cost well over 1 KiB a row, 150+ MiB. Streamed, the
+    # peak still creeps up by ~0.3 KiB a row (measured: +17 MiB in the raw step, +36 MiB in the
+    # warehouse step, where chDB merges the many small parts these 2,000-row batches make).
+    assert peaks[160_000] - peaks[20_000] < 80, peaks

@@ -95,7 +95,9 @@ class PostgresStore:
             pool_pre_ping=True,
             pool_size=2,
             max_overflow=4,
-            connect_args={"options": "-c TimeZone=UTC", "connect_timeout": 10},
+            # JIT compiles for a quarter second whenever a bulk statement's estimated cost is high; our
+            # statements are short batch writes and lookups that never earn that back
+            connect_args={"options": "-c TimeZone=UTC -c jit=off", "connect_timeout": 10},
         )
 
     def __repr__(self) -> str:

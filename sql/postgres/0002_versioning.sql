@@ -13,9 +13,12 @@ ALTER TABLE raw_data ALTER COLUMN observed_seq SET DEFAULT nextval('raw_observat
 ALTER TABLE raw_data ALTER COLUMN observed_seq SET NOT NULL;
 -- (the newest observation of a record is found through raw_data_content_key's leading columns:
 -- a record has few observations, and a second index cost every landing ~10%)
--- a day's observations in order: core reads those after what it took last
+-- a day's observations in order: core reads those after what it took last. The day leads, so
+-- the landing's probe by record (source_type, source_name, entity, source_id) can only use the
+-- content key: with this index led by the source, a planner without statistics picked it and
+-- scanned the whole source for every staged record.
 DROP INDEX IF EXISTS raw_data_partition_idx;
-CREATE INDEX IF NOT EXISTS raw_data_partition_seq_idx ON raw_data (source_type, source_name, partition_date, observed_seq);
+CREATE INDEX IF NOT EXISTS raw_data_day_seq_idx ON raw_data (partition_date, source_type, source_name, observed_seq);
 
 -- Per source and day: the newest observation landed and the newest one a core run has taken. A day
 -- with landed_seq > taken_seq holds records waiting for core (what the late-records sensor looks
