@@ -173,7 +173,6 @@ import dagster as dg
 
 import kingtavo_pipeline.defs.core.assets as core_assets
 import kingtavo_pipeline.defs.ingest.assets as ingest_assets
-from kingtavo_pipeline.defs.warehouse.assets import warehouse_unified_items
 from kingtavo_pipeline.definitions import defs
 from kingtavo_pipeline.io_managers import ClickHouseIOManager, PostgresIOManager
 from kingtavo_pipeline.sources.config import load_sources
@@ -196,15 +195,20 @@ resources = {**defs().resources, "postgres_io_manager": PostgresIOManager(batch_
              "clickhouse_io_manager": ClickHouseIOManager(batch_rows=batch)}
 tags = {"dagster/asset_partition_range_start": "2024-11-01", "dagster/asset_partition_range_end": "2024-11-03"}
 assert dg.materialize([raw], tags=tags, resources=resources).success
-assert dg.materialize([core_assets.core_unified_items, warehouse_unified_items], tags=tags, resources=resources).success
+assert dg.materialize([core_assets.core_unified_items], tags=tags, resources=resources).success
 status = Path("/proc/self/status").read_text()
 print("PEAK_KIB", next(int(l.split()[1]) for l in status.splitlines() if l.startswith("VmHWM:")))
 """
 
 
 def test_peak_memory_does_not_grow_with_the_partition(postgres_url, tmp_path):
-    """The same graph, in one process, on 1x and 8x the rows with the same batch size: the peak
-    RSS differs by far less than the extra data (every layer holds a batch, not the partition)."""
+    """Raw and core, in one process, on 1x and 8x the rows with the same batch size: the peak RSS
+    differs by far less than the extra data (each layer holds a batch, not the partition).
+
+    The warehouse step is left out of this measurement: chDB runs in the process and its caches
+    grow with the data it reads (by tens of MiB at this size, whatever our batch), which would
+    drown the signal; its streaming is checked by the multi-chunk test above and its peak by
+    bench/end_to_end.py."""
     import os
     import subprocess
     import sys
@@ -221,8 +225,6 @@ def test_peak_memory_does_not_grow_with_the_partition(postgres_url, tmp_path):
                              env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         peaks[rows] = int(next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("PEAK_KIB"))) / 1024
-    # 140,000 more rows: held whole by any layer (payload text, a pandas frame of the window, the
-    # Arrow table of the warehouse write) they cost well over 1 KiB a row, 150+ MiB. Streamed, the
-    # peak still creeps up by ~0.3 KiB a row (measured: +17 MiB in the raw step, +36 MiB in the
-    # warehouse step, where chDB merges the many small parts these 2,000-row batches make).
-    assert peaks[160_000] - peaks[20_000] < 80, peaks
+    # 140,000 more rows: held whole by either layer (payload text, a pandas frame of the window)
+    # they cost well over 1 KiB a row, 150+ MiB. Streamed, the peak moved by about 20 MiB.
+    assert peaks[160_000] - peaks[20_000] < 50, peaks
