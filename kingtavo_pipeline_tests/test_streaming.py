@@ -4,7 +4,6 @@ the warehouse chunk by chunk, with the same result as in one piece."""
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 
 import dagster as dg

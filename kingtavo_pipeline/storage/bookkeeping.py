@@ -16,7 +16,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from kingtavo_pipeline.storage.postgres import PostgresStore, copy_arrow
-from kingtavo_pipeline.storage.upsert import UpsertResult, upsert
+from kingtavo_pipeline.storage.upsert import upsert
 
 DEAD_LETTER_KEY = ("stage", "source_type", "source_name", "entity", "source_id", "payload_hash")
 RAW_KEY = ("source_type", "source_name", "entity", "source_id", "payload_hash")
