@@ -10,6 +10,9 @@ iterator of ``RecordBatch``/``Table``):
 * :class:`ClickHouseIOManager`: REPLACE/DROP PARTITION from a stage table, never a mutation; an
   output whose values the table's column types cannot hold is refused (:class:`ColumnTypeError`).
 
+What does not depend on the store (how time windows compare, per-partition counts, streaming
+plumbing) lives in :mod:`kingtavo_pipeline.io_managers.slices`; each store's module keeps its SQL.
+
 A time window compares with ``partition_expr`` by the expression's type: dates as dates in the
 partitions' time zone, timestamps as instants, integers as ``YYYYMMDD``. Loading a table that does
 not exist yet gives an empty result. Each written partition's row count is reported as its own

@@ -98,10 +98,15 @@ from dagster import (
     TimeWindowPartitionsDefinition,
 )
 from dagster._core.definitions.partitions.utils import TimeWindow
-from dagster._core.storage.db_io_manager import DbClient, DbIOManager, DbTypeHandler, TableSlice
+from dagster._core.storage.db_io_manager import (
+    DbClient,
+    DbIOManager,
+    DbTypeHandler,
+    TableSlice,
+)
 from pydantic import Field, field_validator
 
-from kingtavo_pipeline.io_managers.postgres import (
+from kingtavo_pipeline.io_managers.slices import (
     DEFAULT_BATCH_ROWS,
     KIND_DATE,
     KIND_INSTANT,
@@ -117,6 +122,7 @@ from kingtavo_pipeline.io_managers.postgres import (
     partition_count_metadata,
     rebatch,
     slice_buckets,
+    slice_id,
     tally,
 )
 from kingtavo_pipeline.settings import Settings, check_clickhouse_database
@@ -557,10 +563,6 @@ def conform(arrow: pa.Table, columns: Mapping[str, str], version: int) -> pa.Tab
 # --- the DbClient ------------------------------------------------------------------------------
 
 
-def _slice_id(table_slice: TableSlice) -> tuple:
-    return (table_slice.schema, table_slice.table, tuple(d.partition_expr for d in table_slice.partition_dimensions or []))
-
-
 class ClickHouseDbClient(DbClient[Client]):
     """Opens the warehouse late for one output or input, migrated, and closes it (chDB: one process at a time)."""
 
@@ -582,7 +584,7 @@ class ClickHouseDbClient(DbClient[Client]):
             migrate_clickhouse(client)
             yield client
             if isinstance(context, OutputContext) and table_info(client, table_slice.schema, table_slice.table):
-                self._written_kinds[_slice_id(table_slice)] = slice_kinds(client, table_slice)
+                self._written_kinds[slice_id(table_slice)] = slice_kinds(client, table_slice)
         finally:
             client.close()
 
@@ -595,7 +597,7 @@ class ClickHouseDbClient(DbClient[Client]):
         """Nothing: the type handler replaces the slice's partitions atomically (no mutations)."""
 
     def get_select_statement(self, table_slice: TableSlice) -> str:
-        return _select(table_slice, table_slice.columns, kinds=self._written_kinds.get(_slice_id(table_slice)))
+        return _select(table_slice, table_slice.columns, kinds=self._written_kinds.get(slice_id(table_slice)))
 
     @staticmethod
     def get_table_name(table_slice: TableSlice) -> str:

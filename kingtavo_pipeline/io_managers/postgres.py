@@ -51,10 +51,9 @@ from __future__ import annotations
 import collections.abc
 import io
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -67,20 +66,39 @@ from dagster import (
     ConfigurableIOManagerFactory,
     InitResourceContext,
     InputContext,
-    MetadataValue,
-    MultiPartitionKey,
-    MultiPartitionsDefinition,
     OutputContext,
     TableColumn,
     TableSchema,
-    TimeWindowPartitionsDefinition,
 )
 from dagster._core.definitions.partitions.utils import TimeWindow
-from dagster._core.errors import DagsterInvariantViolationError
-from dagster._core.storage.db_io_manager import DbClient, DbIOManager, DbTypeHandler, TableSlice
+from dagster._core.storage.db_io_manager import (
+    DbClient,
+    DbIOManager,
+    DbTypeHandler,
+    TableSlice,
+)
 from psycopg import sql
 from pydantic import Field
 
+from kingtavo_pipeline.io_managers.slices import (
+    DEFAULT_BATCH_ROWS,
+    KIND_DATE,
+    KIND_INSTANT,
+    KIND_NAIVE,
+    KIND_YYYYMMDD,
+    Buckets,
+    boundary,
+    closing_reader,
+    describe_slice,
+    empty_arrow,
+    empty_reader,
+    output_parts,
+    partition_count_metadata,
+    rebatch,
+    slice_buckets,
+    slice_id,
+    tally,
+)
 from kingtavo_pipeline.settings import Settings
 from kingtavo_pipeline.storage.postgres import (
     PostgresStore,
@@ -94,7 +112,6 @@ from kingtavo_pipeline.storage.upsert import upsert
 WRITE_MODE_REPLACE = "replace"
 WRITE_MODE_UPSERT = "upsert"
 DEFAULT_VERSION_COLUMN = "updated_at"
-DEFAULT_BATCH_ROWS = 100_000
 
 _PLAIN_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -126,214 +143,6 @@ def upsert_options(metadata: Mapping[str, Any] | None, table: str) -> tuple[list
 
 def _metadata(context: OutputContext | InputContext) -> Mapping[str, Any]:
     return context.definition_metadata or {}
-
-
-# --- partition slices (shared with the ClickHouse IO manager) -----------------------------------
-
-# How a time window compares with a partition expression, decided by the expression's type.
-KIND_DATE = "date"  # dates, against the window's dates in the partitions' time zone
-KIND_INSTANT = "instant"  # zoned timestamps, as instants (also when the type is unknown)
-KIND_NAIVE = "naive"  # PostgreSQL ``timestamp`` without zone, taken as UTC
-KIND_YYYYMMDD = "yyyymmdd"  # integers such as ClickHouse toYYYYMMDD(ts)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-def boundary_date(value: datetime) -> date:
-    """The first date whose midnight, in ``value``'s own time zone, is at or after ``value``.
-
-    Dagster's windows carry the partitions definition's time zone, so the day partition
-    2024-01-01 of America/New_York gives ``[2024-01-01, 2024-01-02)`` whatever UTC says.
-    """
-    return value.date() if value.time() == time(0) else value.date() + timedelta(days=1)
-
-
-def boundary(kind: str | None, value: datetime) -> Any:
-    """A window boundary as the value a partition expression of ``kind`` is compared with."""
-    if kind == KIND_DATE:
-        return boundary_date(value)
-    if kind == KIND_YYYYMMDD:
-        return int(boundary_date(value).strftime("%Y%m%d"))
-    if kind == KIND_NAIVE:
-        return _utc(value).replace(tzinfo=None)
-    return _utc(value)
-
-
-def describe_slice(table_slice: TableSlice) -> str:
-    parts = []
-    for dim in table_slice.partition_dimensions or []:
-        if isinstance(dim.partitions, TimeWindow):
-            parts.append(f"{dim.partition_expr} in [{dim.partitions.start.isoformat()}, {dim.partitions.end.isoformat()})")
-        else:
-            parts.append(f"{dim.partition_expr} in {list(dim.partitions)}")
-    return " and ".join(parts) or "the whole table"
-
-
-@dataclass(frozen=True)
-class Buckets:
-    """One partition dimension of a written slice, as buckets a row's value falls into.
-
-    Time windows: ``thresholds`` are the sorted window boundaries and bucket ``i`` is
-    ``[thresholds[i-1], thresholds[i])`` (PostgreSQL's ``width_bucket`` numbering: 0 and
-    ``len(thresholds)`` lie outside); static keys: bucket ``i`` is ``keys[i-1]``, 0 is none.
-    """
-
-    name: str | None
-    keys: tuple[str, ...]
-    thresholds: tuple[datetime, ...] | None = None
-    bucket_keys: Mapping[int, str] | None = None
-
-    def key(self, bucket: int | None) -> str | None:
-        """The partition key of a bucket; ``None`` outside the slice, ``""`` in a gap between windows."""
-        if bucket is None:
-            return None
-        if self.thresholds is None:
-            return self.keys[bucket - 1] if 1 <= bucket <= len(self.keys) else None
-        if not 1 <= bucket < len(self.thresholds):
-            return None
-        return (self.bucket_keys or {}).get(bucket, "")
-
-
-def dimension_keys(context: OutputContext | InputContext) -> list[tuple[str | None, Any, list[str]]]:
-    """Per partition dimension (in ``TableSlice`` order): its name (multi-partitions only), its
-    partitions definition and the distinct keys of the context's partitions along it."""
-    pdef = context.asset_partitions_def
-    keys = list(context.asset_partition_keys)
-    if not isinstance(pdef, MultiPartitionsDefinition):
-        return [(None, pdef, list(dict.fromkeys(str(k) for k in keys)))]
-    multi = [k if isinstance(k, MultiPartitionKey) else pdef.get_partition_key_from_str(k) for k in keys]
-    return [
-        (d.name, d.partitions_def, list(dict.fromkeys(k.keys_by_dimension[d.name] for k in multi)))
-        for d in pdef.partitions_defs
-    ]
-
-
-def slice_buckets(context: OutputContext) -> list[Buckets]:
-    """Per partition dimension of the output (in ``TableSlice`` order), its buckets."""
-    out = []
-    for name, dim_def, unique in dimension_keys(context):
-        if not isinstance(dim_def, TimeWindowPartitionsDefinition):
-            out.append(Buckets(name, tuple(unique)))
-            continue
-        windows = {k: dim_def.time_window_for_partition_key(k) for k in unique}
-        thresholds = sorted({t for w in windows.values() for t in (w.start, w.end)})
-        position = {t: i for i, t in enumerate(thresholds)}
-        bucket_keys = {position[w.end]: k for k, w in windows.items()}
-        out.append(Buckets(name, tuple(unique), tuple(thresholds), bucket_keys))
-    return out
-
-
-def tally(buckets: Sequence[Buckets], rows: Iterable[Sequence[Any]]) -> tuple[dict[str, int], int]:
-    """``({partition key: rows}, rows outside the slice)`` from ``(bucket, ..., count)`` rows."""
-    counts: dict[str, int] = {}
-    outside = 0
-    for *numbers, n in rows:
-        keys = [b.key(None if v is None else int(v)) for b, v in zip(buckets, numbers)]
-        if any(k is None for k in keys):
-            outside += int(n)
-        elif all(keys):  # not in a gap between windows (partitions excluded from the definition)
-            key = keys[0] if len(keys) == 1 else MultiPartitionKey({b.name: k for b, k in zip(buckets, keys)})
-            counts[str(key)] = counts.get(str(key), 0) + int(n)
-    return counts, outside
-
-
-def partition_count_metadata(context: OutputContext, counts: Mapping[str, int]) -> dict[str, Any]:
-    """``dagster/partition_row_count`` of each written partition, each on its own materialization.
-
-    One partition: in the output's metadata. A range (single-run backfill): output metadata is
-    copied to every partition's materialization, so each count goes in as partition-scoped asset
-    metadata through the step (the mechanism behind ``AssetExecutionContext.add_asset_metadata(...,
-    partition_key=...)``; IO managers have no public API for it). Without a step (a direct
-    ``handle_output`` call) the counts come back as ``partition_row_counts`` {key: rows}.
-    """
-    keys = [str(k) for k in context.asset_partition_keys]
-    if len(keys) == 1:
-        return {"dagster/partition_row_count": int(counts.get(keys[0], 0))}
-    per_key = {k: int(counts.get(k, 0)) for k in keys}
-    try:
-        step = context.step_context
-        for key in keys:
-            step.add_asset_metadata(
-                {"dagster/partition_row_count": per_key[key]}, asset_key=context.asset_key, partition_key=key
-            )
-        return {}
-    except DagsterInvariantViolationError:
-        return {"partition_row_counts": MetadataValue.json(per_key)}
-
-
-def empty_arrow(table_slice: TableSlice) -> pa.Table:
-    """The load of a table that does not exist yet: no rows; the asked-for columns, typed null."""
-    return pa.schema([(c, pa.null()) for c in table_slice.columns or []]).empty_table()
-
-
-def closing_reader(batches: Iterator[Any]) -> pa.RecordBatchReader:
-    """A reader over a started generator that yields its schema first, then its batches.
-
-    ``RecordBatchReader.from_batches`` keeps its iterator until the reader is garbage-collected;
-    handed on through the Arrow C stream interface, the iterator is released by ``close()``, so
-    the generator's ``finally`` (closing its connection) runs on close as well as at the end.
-    """
-    schema = next(batches)
-    return pa.RecordBatchReader.from_stream(pa.RecordBatchReader.from_batches(schema, batches))
-
-
-def empty_reader(schema: pa.Schema) -> pa.RecordBatchReader:
-    return pa.RecordBatchReader.from_batches(schema, [])
-
-
-def rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """The same rows in batches of ``rows`` (the last may be shorter)."""
-    pending: list[pa.RecordBatch] = []
-    count = 0
-    for batch in batches:
-        while batch.num_rows:
-            take = min(rows - count, batch.num_rows)
-            pending.append(batch.slice(0, take))
-            batch = batch.slice(take)
-            count += take
-            if count == rows:
-                yield _concat(pending)
-                pending, count = [], 0
-    if count:
-        yield _concat(pending)
-
-
-def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
-    if len(batches) == 1:
-        return batches[0]
-    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
-
-
-def output_parts(obj: Any) -> tuple[pa.Schema | None, Iterator[pa.Table]]:
-    """The schema and the parts of a streamed output: a ``RecordBatchReader``, or an iterator of
-    ``RecordBatch``/``Table`` sharing one schema. ``(None, empty)`` for an iterator with no parts."""
-    if isinstance(obj, pa.RecordBatchReader):
-        return obj.schema, (pa.Table.from_batches([b]) for b in obj)
-    parts = iter(obj)
-    first = next(parts, None)
-    if first is None:
-        return None, iter(())
-
-    def as_table(part: Any, i: int) -> pa.Table:
-        if isinstance(part, pa.RecordBatch):
-            return pa.Table.from_batches([part])
-        if isinstance(part, pa.Table):
-            return part
-        raise TypeError(f"part {i} of the output is a {type(part).__name__}; stream pyarrow RecordBatches or Tables")
-
-    head = as_table(first, 1)
-
-    def rest() -> Iterator[pa.Table]:
-        yield head
-        for i, part in enumerate(parts, 2):
-            table = as_table(part, i)
-            if not table.schema.equals(head.schema):
-                raise ValueError(f"part {i} of the output has schema\n{table.schema}\nnot the first part's\n{head.schema}")
-            yield table
-
-    return head.schema, rest()
 
 
 # --- slices in PostgreSQL ----------------------------------------------------------------------
@@ -577,10 +386,6 @@ def store_for(postgres_url: str | None) -> PostgresStore:
     return get_store(Settings(postgres_url=postgres_url) if postgres_url else Settings())
 
 
-def _slice_id(table_slice: TableSlice) -> tuple:
-    return (table_slice.schema, table_slice.table, tuple(d.partition_expr for d in table_slice.partition_dimensions or []))
-
-
 class PostgresDbClient(DbClient[psycopg.Connection]):
     """Connections, schemas and slice deletes for :class:`PostgresIOManager`."""
 
@@ -598,7 +403,7 @@ class PostgresDbClient(DbClient[psycopg.Connection]):
         with self.store().transaction() as conn:
             yield conn
             if isinstance(context, OutputContext) and table_columns(conn, table_slice.schema, table_slice.table) is not None:
-                self._written_kinds[_slice_id(table_slice)] = slice_kinds(conn, table_slice)
+                self._written_kinds[slice_id(table_slice)] = slice_kinds(conn, table_slice)
 
     @staticmethod
     def ensure_schema_exists(context: OutputContext, table_slice: TableSlice, connection: psycopg.Connection) -> None:
@@ -629,7 +434,7 @@ class PostgresDbClient(DbClient[psycopg.Connection]):
         connection.execute(statement)
 
     def get_select_statement(self, table_slice: TableSlice) -> str:
-        return _select(table_slice, kinds=self._written_kinds.get(_slice_id(table_slice))).as_string()
+        return _select(table_slice, kinds=self._written_kinds.get(slice_id(table_slice))).as_string()
 
     @staticmethod
     def get_table_name(table_slice: TableSlice) -> str:
