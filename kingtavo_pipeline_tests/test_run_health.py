@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from contextlib import contextmanager
 import sys
 import threading
 import time
@@ -220,7 +221,10 @@ def test_demo_stopped_by_sigterm_mid_step_exits_promptly_and_records_it(store, p
     assert store.fetch_value("SELECT count(*) FROM etl_runs WHERE status = 'running'") == 0
 
 
-def test_waiting_step_names_the_holder_and_goes_on_when_the_holder_dies(store, postgres_url, tmp_path):
+@contextmanager
+def demo_waiting_on_a_live_holder(tmp_path, postgres_url):
+    """A live process's run holds the clickhouse slot; a demo runs until its warehouse step reports
+    waiting for it. Yields ``(holder process, holder run id, demo, the waiting line)``."""
     holder_process = subprocess.Popen(["sleep", "600"])
     try:
         with dagster_instance(tmp_path) as instance:
@@ -229,40 +233,36 @@ def test_waiting_step_names_the_holder_and_goes_on_when_the_holder_dies(store, p
         try:
             waiting = wait_until(lambda: demo.line_with("Waiting: step warehouse", holder), 300,
                                  "demo to report its warehouse step waiting", proc=demo.proc)
-            assert f"process {holder_process.pid} on {socket.gethostname()}, running" in waiting
-            assert "pool 'clickhouse' (limit 1)" in waiting
-            holder_process.kill()
-            holder_process.wait(timeout=30)
-            code = demo.wait(timeout=300)
+            yield holder_process, holder, demo, waiting
         finally:
             demo.close()
-        assert code == 0, demo.output()[-3000:]
-        assert demo.line_with(f"Repaired: run {holder}", "exited without finishing"), demo.output()
-        with dagster_instance(tmp_path) as instance:
-            assert instance.get_run_by_id(holder).status == dg.DagsterRunStatus.FAILURE
-            assert instance.event_log_storage.get_concurrency_info(CLICKHOUSE_POOL).claimed_slots == []
     finally:
         holder_process.kill()
         holder_process.wait(timeout=30)
 
 
+def test_waiting_step_names_the_holder_and_goes_on_when_the_holder_dies(store, postgres_url, tmp_path):
+    with demo_waiting_on_a_live_holder(tmp_path, postgres_url) as (holder_process, holder, demo, waiting):
+        assert f"process {holder_process.pid} on {socket.gethostname()}, running" in waiting
+        assert "pool 'clickhouse' (limit 1)" in waiting
+        holder_process.kill()
+        holder_process.wait(timeout=30)
+        code = demo.wait(timeout=300)
+    assert code == 0, demo.output()[-3000:]
+    assert demo.line_with(f"Repaired: run {holder}", "exited without finishing"), demo.output()
+    with dagster_instance(tmp_path) as instance:
+        assert instance.get_run_by_id(holder).status == dg.DagsterRunStatus.FAILURE
+        assert instance.event_log_storage.get_concurrency_info(CLICKHOUSE_POOL).claimed_slots == []
+
+
 def test_sigterm_while_waiting_for_a_slot_stops_promptly(store, postgres_url, tmp_path):
     """The reported hang: a run waiting for a pool slot ignored SIGTERM and spun at full CPU."""
-    holder_process = subprocess.Popen(["sleep", "600"])
-    try:
-        with dagster_instance(tmp_path) as instance:
-            holder = hold_pool_slot(instance, holder_process.pid)
-        demo = Demo(demo_env(tmp_path, postgres_url))
-        try:
-            waiting = wait_until(lambda: demo.line_with("Waiting: step warehouse", holder), 300,
-                                 "demo to report its warehouse step waiting", proc=demo.proc)
-            run_id = waiting.split(" of run ", 1)[1].split()[0]
-            sent = time.monotonic()
-            demo.proc.send_signal(signal.SIGTERM)
-            code = demo.wait(timeout=30)
-            took = time.monotonic() - sent
-        finally:
-            demo.close()
+    with demo_waiting_on_a_live_holder(tmp_path, postgres_url) as (_, holder, demo, waiting):
+        run_id = waiting.split(" of run ", 1)[1].split()[0]
+        sent = time.monotonic()
+        demo.proc.send_signal(signal.SIGTERM)
+        code = demo.wait(timeout=30)
+        took = time.monotonic() - sent
         assert code == 128 + signal.SIGTERM, demo.output()[-3000:]
         assert took < 15, f"took {took:.1f}s to stop"
         with dagster_instance(tmp_path) as instance:
@@ -272,9 +272,6 @@ def test_sigterm_while_waiting_for_a_slot_stops_promptly(store, postgres_url, tm
             assert instance.get_run_by_id(holder).status == dg.DagsterRunStatus.STARTED
             assert slots_and_waits(instance, holder)[0]
         assert store.fetch_value("SELECT count(*) FROM etl_runs WHERE status = 'running'") == 0
-    finally:
-        holder_process.kill()
-        holder_process.wait(timeout=30)
 
 
 STUCK_SCRIPT = """
