@@ -23,3 +23,23 @@ def table_counts(store, clickhouse) -> dict[str, int]:
     counts = {t: store.fetch_value(f"SELECT count(*) FROM {t}") for t in ("raw_data", "unified_items", "dead_letters")}
     counts["warehouse_unified_items"] = clickhouse.query("SELECT count() FROM unified_items FINAL").result_rows[0][0]
     return counts
+
+
+def one_csv_source(tmp_path, monkeypatch, fields: str):
+    """Make ``tmp_path/orders.csv`` the only source (``orders``: ``id_column: id``, ``date_column:
+    day``, ``fields: {...}`` as given) for core, and return ``(its raw asset, the resources)``.
+
+    The raw asset is not among core's declared deps, so tests materialize the layers in order.
+    Calling it again with other fields re-maps the same file."""
+    import kingtavo_pipeline.defs.core.assets as core_assets
+    from kingtavo_pipeline.defs.ingest.assets import build_raw_assets
+    from kingtavo_pipeline.sources.config import load_sources
+
+    (tmp_path / "sources.yaml").write_text(
+        "csv:\n  - name: orders\n    path: orders.csv\n    id_column: id\n    date_column: day\n"
+        f"    fields: {{{fields}}}\n"
+    )
+    sources = load_sources(tmp_path / "sources.yaml")
+    monkeypatch.setattr(core_assets, "SOURCES", sources)
+    [raw_asset] = build_raw_assets(sources)
+    return raw_asset, dict(load_definitions().resources)

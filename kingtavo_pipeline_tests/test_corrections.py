@@ -12,12 +12,10 @@ import pytest
 import kingtavo_pipeline.defs.core.assets as core_assets
 from kingtavo_pipeline.defs.core.checks import core_reflects_raw
 from kingtavo_pipeline.defs.core.sensors import late_records_sensor, range_tags
-from kingtavo_pipeline.defs.ingest.assets import build_raw_assets
 from kingtavo_pipeline.defs.warehouse.assets import warehouse_unified_items
 from kingtavo_pipeline.defs.warehouse.checks import row_count_matches_core
-from kingtavo_pipeline.definitions import defs as load_definitions
-from kingtavo_pipeline.sources.config import load_sources
 from kingtavo_pipeline.storage.bookkeeping import close_dead_letters, list_dead_letters, mark_for_retry
+from kingtavo_pipeline_tests.pipeline_helpers import one_csv_source
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +27,8 @@ class Orders:
 
     def __init__(self, tmp_path, monkeypatch, *, modified: bool = False):
         self.csv = tmp_path / "orders.csv"
-        fields = "{external_id: id, title: name, amount: amount" + (", updated_at: modified}" if modified else "}")
-        (tmp_path / "sources.yaml").write_text(
-            "csv:\n  - name: orders\n    path: orders.csv\n    id_column: id\n    date_column: day\n"
-            f"    fields: {fields}\n"
-        )
-        sources = load_sources(tmp_path / "sources.yaml")
-        monkeypatch.setattr(core_assets, "SOURCES", sources)
-        [self.raw] = build_raw_assets(sources)
-        self.resources = dict(load_definitions().resources)
+        fields = "external_id: id, title: name, amount: amount" + (", updated_at: modified" if modified else "")
+        self.raw, self.resources = one_csv_source(tmp_path, monkeypatch, fields)
 
     def write(self, *rows: str) -> None:
         self.csv.write_text(HEADER + "".join(r + "\n" for r in rows))

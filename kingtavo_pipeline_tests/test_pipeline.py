@@ -13,9 +13,8 @@ from kingtavo_pipeline.defs.ingest.assets import build_raw_assets
 from kingtavo_pipeline.defs.resources import PostgresResource
 from kingtavo_pipeline.defs.warehouse.assets import warehouse_unified_items
 from kingtavo_pipeline.defs.warehouse.checks import compare_row_counts
-from kingtavo_pipeline.definitions import defs as load_definitions
 from kingtavo_pipeline.sources.config import load_sources
-from kingtavo_pipeline_tests.pipeline_helpers import run_unified_job, table_counts
+from kingtavo_pipeline_tests.pipeline_helpers import one_csv_source, run_unified_job, table_counts
 
 pytestmark = pytest.mark.slow
 
@@ -162,23 +161,11 @@ def test_row_count_check_fails_when_stores_disagree(store, clickhouse):
     assert compare_row_counts(store, clickhouse, dt.date(2024, 11, 1), dt.date(2024, 11, 2)).passed is True
 
 
-def load_definitions_resources() -> dict:
-    return dict(load_definitions().resources)
-
-
 def test_record_that_moves_to_a_later_day_is_counted_once(store, clickhouse, tmp_path, monkeypatch):
     """A record re-dated to a later day moves partitions in core; the warehouse (read with FINAL,
     as every warehouse query is) agrees with core per day and in total."""
     csv = tmp_path / "orders.csv"
-    sources_file = tmp_path / "sources.yaml"
-    sources_file.write_text(
-        "csv:\n  - name: orders\n    path: orders.csv\n    id_column: id\n    date_column: day\n"
-        "    fields: {external_id: id, title: name, published_at: day}\n"
-    )
-    sources = load_sources(sources_file)
-    monkeypatch.setattr(core_assets, "SOURCES", sources)
-    [raw_asset] = build_raw_assets(sources)
-    resources = load_definitions_resources()
+    raw_asset, resources = one_csv_source(tmp_path, monkeypatch, "external_id: id, title: name, published_at: day")
 
     def sync(day: str) -> None:
         # the custom raw asset is not among core's declared deps, so run the layers in order

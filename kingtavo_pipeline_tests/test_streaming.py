@@ -13,10 +13,9 @@ import kingtavo_pipeline.defs.core.assets as core_assets
 import kingtavo_pipeline.defs.ingest.assets as ingest_assets
 from kingtavo_pipeline.defs.warehouse.assets import warehouse_unified_items
 from kingtavo_pipeline.defs.warehouse.checks import row_count_matches_core
-from kingtavo_pipeline.definitions import defs as load_definitions
 from kingtavo_pipeline.io_managers import ClickHouseIOManager, PostgresIOManager
-from kingtavo_pipeline.sources.config import load_sources
 from kingtavo_pipeline.sources.csv_source import iter_raw_batches
+from kingtavo_pipeline_tests.pipeline_helpers import one_csv_source
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +27,7 @@ def test_a_partition_larger_than_the_batch_goes_through_every_layer_in_chunks(st
     (tmp_path / "orders.csv").write_text(
         "id,day,name,amount\n" + "".join(f"{i},{d},{n},{a}\n" for i, d, n, a in rows) + "bad,2024-11-01,broken,n/a\n"
     )
-    (tmp_path / "sources.yaml").write_text(
-        "csv:\n  - name: orders\n    path: orders.csv\n    id_column: id\n    date_column: day\n"
-        "    fields: {external_id: id, title: name, amount: amount}\n"
-    )
-    sources = load_sources(tmp_path / "sources.yaml")
-    monkeypatch.setattr(core_assets, "SOURCES", sources)
+    raw_asset, resources = one_csv_source(tmp_path, monkeypatch, "external_id: id, title: name, amount: amount")
     monkeypatch.setattr(core_assets, "READ_CHUNK_ROWS", BATCH)
     read_batches = []
 
@@ -43,9 +37,8 @@ def test_a_partition_larger_than_the_batch_goes_through_every_layer_in_chunks(st
             yield frame
 
     monkeypatch.setattr(ingest_assets, "iter_raw_batches", small_batches)
-    [raw_asset] = ingest_assets.build_raw_assets(sources)
     resources = {
-        **load_definitions().resources,
+        **resources,
         "postgres_io_manager": PostgresIOManager(batch_rows=BATCH),
         "clickhouse_io_manager": ClickHouseIOManager(batch_rows=BATCH),
     }
@@ -89,14 +82,7 @@ def _metadata(result, *key):
 def test_an_unchanged_rerun_reads_maps_and_copies_nothing(store, clickhouse, tmp_path, monkeypatch):
     csv = tmp_path / "orders.csv"
     csv.write_text("id,day,name\n1,2024-11-01,alpha\n2,2024-11-02,beta\n")
-    (tmp_path / "sources.yaml").write_text(
-        "csv:\n  - name: orders\n    path: orders.csv\n    id_column: id\n    date_column: day\n"
-        "    fields: {external_id: id, title: name}\n"
-    )
-    sources = load_sources(tmp_path / "sources.yaml")
-    monkeypatch.setattr(core_assets, "SOURCES", sources)
-    [raw_asset] = ingest_assets.build_raw_assets(sources)
-    resources = dict(load_definitions().resources)
+    raw_asset, resources = one_csv_source(tmp_path, monkeypatch, "external_id: id, title: name")
     tags = {"dagster/asset_partition_range_start": "2024-11-01", "dagster/asset_partition_range_end": "2024-11-02"}
 
     def run(run_config=None):
@@ -140,23 +126,13 @@ def test_an_unchanged_rerun_reads_maps_and_copies_nothing(store, clickhouse, tmp
 
 def test_a_changed_mapping_maps_every_day_of_the_source_again(store, clickhouse, tmp_path, monkeypatch):
     (tmp_path / "orders.csv").write_text("id,day,name,label\n1,2024-11-01,alpha,A\n2,2024-11-05,beta,B\n")
-    sources_file = tmp_path / "sources.yaml"
-    sources_file.write_text(
-        "csv:\n  - name: orders\n    path: orders.csv\n    id_column: id\n    date_column: day\n"
-        "    fields: {external_id: id, title: name}\n"
-    )
-    sources = load_sources(sources_file)
-    monkeypatch.setattr(core_assets, "SOURCES", sources)
-    [raw_asset] = ingest_assets.build_raw_assets(sources)
-    resources = dict(load_definitions().resources)
+    raw_asset, resources = one_csv_source(tmp_path, monkeypatch, "external_id: id, title: name")
     assert dg.materialize([raw_asset], partition_key="2024-11-01", resources=resources).success
     for day in ("2024-11-01", "2024-11-05"):
         assert dg.materialize([core_assets.core_unified_items], partition_key=day, resources=resources).success
     assert store.fetch_value("SELECT count(*) FROM raw_partitions WHERE landed_seq > taken_seq") == 0
 
-    sources_file.write_text(sources_file.read_text().replace("title: name}", "title: label}"))
-    remapped = load_sources(sources_file)
-    monkeypatch.setattr(core_assets, "SOURCES", remapped)
+    one_csv_source(tmp_path, monkeypatch, "external_id: id, title: label")
     result = dg.materialize([core_assets.core_unified_items], partition_key="2024-11-01", resources=resources)
     assert _metadata(result, "core", "unified_items")["days_requeued"].value == 2
     assert store.fetch_all("SELECT external_id, title FROM unified_items ORDER BY 1") == [("1", "A"), ("2", "beta")]
