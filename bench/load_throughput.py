@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> None:
 
     import kingtavo_pipeline.storage.postgres as pgstore
     from kingtavo_pipeline.io_managers import ClickHouseIOManager, PostgresIOManager
+    from kingtavo_pipeline.resources import ClickHouseResource, PostgresResource
     from kingtavo_pipeline.settings import Settings
     from kingtavo_pipeline.storage.clickhouse import connect_clickhouse
     from kingtavo_pipeline.storage.postgres import get_store
@@ -148,10 +149,10 @@ def run(args: argparse.Namespace) -> None:
             instance=instance,
         )
 
-    pg_iom = PostgresIOManager(postgres_url=url, schema=SCHEMA).create_io_manager(None)
+    pg_iom = PostgresIOManager(postgres=PostgresResource(postgres_url=url), schema=SCHEMA).create_io_manager(None)
     pg_meta = {"partition_expr": "partition_date"}
     ch_db = f"{SCHEMA}_{os.getpid()}"
-    ch_iom = ClickHouseIOManager(database=ch_db).create_io_manager(None)
+    ch_iom = ClickHouseIOManager(clickhouse=ClickHouseResource(database=ch_db)).create_io_manager(None)
     ch_meta = {"partition_expr": "partition_date", "order_by": ["source_type", "source_name", "external_id"]}
 
     def pg(statement, autocommit: bool = True) -> None:

@@ -24,6 +24,7 @@ from dagster import (
 )
 
 from kingtavo_pipeline.io_managers import ClickHouseIOManager, PostgresIOManager
+from kingtavo_pipeline.resources import ClickHouseResource, PostgresResource
 
 DAILY = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-02-01")
 SHOPS = StaticPartitionsDefinition(["north", "o'brien", "south"])
@@ -110,13 +111,13 @@ def make_backend(request: Any) -> Backend:
         store = request.getfixturevalue("store")
         url = request.getfixturevalue("postgres_url")
         return Backend(
-            "postgres", lambda **c: PostgresIOManager(postgres_url=url, schema=TEST_SCHEMA, **c), store.fetch_all, ""
+            "postgres", lambda **c: PostgresIOManager(postgres=PostgresResource(postgres_url=url), schema=TEST_SCHEMA, **c), store.fetch_all, ""
         )
     client = request.getfixturevalue("clickhouse")
     dsn = request.getfixturevalue("clickhouse_dsn")
     return Backend(
         "clickhouse",
-        lambda **c: ClickHouseIOManager(clickhouse_url=dsn, database=TEST_SCHEMA, **c),
+        lambda **c: ClickHouseIOManager(clickhouse=ClickHouseResource(clickhouse_url=dsn, database=TEST_SCHEMA), **c),
         lambda query: client.query(query).result_rows,
         " FINAL",
     )

@@ -22,6 +22,7 @@ from dagster import (
 
 from kingtavo_pipeline_tests.io_helpers import DAILY, SHOPS, load, rows, write
 from kingtavo_pipeline.io_managers import ClickHouseIOManager, ColumnTypeError, PartitionLayoutError
+from kingtavo_pipeline.resources import ClickHouseResource
 
 DB = "io_test"
 DAY_META = {"partition_expr": "day", "order_by": ["shop", "id"]}
@@ -32,7 +33,7 @@ DAY_META = {"partition_expr": "day", "order_by": ["shop", "id"]}
 
 @pytest.fixture
 def iom(clickhouse, clickhouse_dsn):
-    return ClickHouseIOManager(clickhouse_url=clickhouse_dsn, database=DB).create_io_manager(build_init_resource_context())
+    return ClickHouseIOManager(clickhouse=ClickHouseResource(clickhouse_url=clickhouse_dsn, database=DB)).create_io_manager(build_init_resource_context())
 
 
 def tags_by(clickhouse, table: str, column: str = "toString(day)") -> dict[str, tuple[int, list[str]]]:
@@ -168,7 +169,7 @@ def test_backfill_range_in_one_run_replaces_exactly_those_days(iom, clickhouse, 
 
     result = materialize(
         [ranged],
-        resources={"io_manager": ClickHouseIOManager(clickhouse_url=clickhouse_dsn, database=DB)},
+        resources={"io_manager": ClickHouseIOManager(clickhouse=ClickHouseResource(clickhouse_url=clickhouse_dsn, database=DB))},
         tags={"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"},
     )
     assert result.success
@@ -224,7 +225,7 @@ def test_dynamic_partitions(clickhouse, clickhouse_dsn):
     def merchant_summary(context: AssetExecutionContext, merchant_orders: pd.DataFrame) -> None:
         seen[context.partition_key] = sorted(merchant_orders["tag"].tolist())
 
-    resources = {"io_manager": ClickHouseIOManager(clickhouse_url=clickhouse_dsn, database=DB)}
+    resources = {"io_manager": ClickHouseIOManager(clickhouse=ClickHouseResource(clickhouse_url=clickhouse_dsn, database=DB))}
     for key in ("m-1", "m-2"):
         assert materialize([merchant_orders], resources=resources, partition_key=key, instance=instance).success
     state["tag"] = "v2"
@@ -248,7 +249,7 @@ def test_multi_partitions_daily_by_static(clickhouse, clickhouse_dsn):
     def sales_check(sales: pa.Table) -> None:
         seen.append(sales.to_pandas())
 
-    resources = {"io_manager": ClickHouseIOManager(clickhouse_url=clickhouse_dsn, database=DB)}
+    resources = {"io_manager": ClickHouseIOManager(clickhouse=ClickHouseResource(clickhouse_url=clickhouse_dsn, database=DB))}
     for day, shop in [("2024-01-01", "north"), ("2024-01-01", "south"), ("2024-01-02", "north")]:
         assert materialize([sales], resources=resources, partition_key=MultiPartitionKey({"day": day, "shop": shop})).success
     state["tag"] = "v2"
@@ -272,7 +273,7 @@ def test_multi_partitions_daily_by_static(clickhouse, clickhouse_dsn):
 
 def test_migrated_table_is_used_as_is(clickhouse, settings):
     """warehouse/unified_items lands in the migrated kingtavo.unified_items (default config)."""
-    iom = ClickHouseIOManager().create_io_manager(build_init_resource_context())
+    iom = ClickHouseIOManager(clickhouse=ClickHouseResource()).create_io_manager(build_init_resource_context())
     day = dt.date(2024, 1, 1)
     frame = pd.DataFrame(
         {
@@ -402,7 +403,7 @@ def test_generated_keys_are_not_nullable_and_a_null_key_is_refused(iom, clickhou
 def test_row_count_is_the_stored_rows_read_from_parts(clickhouse, clickhouse_dsn):
     """dagster/row_count comes from system.parts, not a count over the table with FINAL: rows
     that FINAL would collapse (not merged away yet) are still counted."""
-    iom = ClickHouseIOManager(clickhouse_url=clickhouse_dsn, database=DB, batch_rows=2).create_io_manager(
+    iom = ClickHouseIOManager(clickhouse=ClickHouseResource(clickhouse_url=clickhouse_dsn, database=DB), batch_rows=2).create_io_manager(
         build_init_resource_context()
     )
     day = {"partition_key": "2024-01-01", "pdef": DAILY, "metadata": DAY_META}

@@ -26,6 +26,7 @@ from dagster._core.storage.db_io_manager import DbTypeHandler
 
 from kingtavo_pipeline_tests.io_helpers import DAILY, SHOPS, Worker, load, rows, wait_until, write
 from kingtavo_pipeline.io_managers import PostgresIOManager, PostgresPandasTypeHandler
+from kingtavo_pipeline.resources import PostgresResource
 
 SCHEMA = "io_test"
 DAY_META = {"partition_expr": "day"}
@@ -37,7 +38,7 @@ UTC = dt.timezone.utc
 
 @pytest.fixture
 def iom(store, postgres_url):
-    return PostgresIOManager(postgres_url=postgres_url, schema=SCHEMA).create_io_manager(build_init_resource_context())
+    return PostgresIOManager(postgres=PostgresResource(postgres_url=postgres_url), schema=SCHEMA).create_io_manager(build_init_resource_context())
 
 
 def table_rows(store, table: str, order: str = "day, shop, id") -> list[tuple]:
@@ -186,7 +187,7 @@ def test_backfill_range_in_one_run_replaces_exactly_those_days(iom, store, postg
 
     result = materialize(
         [ranged],
-        resources={"io_manager": PostgresIOManager(postgres_url=postgres_url, schema=SCHEMA)},
+        resources={"io_manager": PostgresIOManager(postgres=PostgresResource(postgres_url=postgres_url), schema=SCHEMA)},
         tags={"dagster/asset_partition_range_start": "2024-01-01", "dagster/asset_partition_range_end": "2024-01-03"},
     )
     assert result.success
@@ -252,7 +253,7 @@ def test_dynamic_partitions(store, postgres_url):
     def merchant_summary(context: AssetExecutionContext, merchant_orders: pd.DataFrame) -> None:
         seen[context.partition_key] = sorted(merchant_orders["tag"].tolist())
 
-    resources = {"io_manager": PostgresIOManager(postgres_url=postgres_url, schema=SCHEMA)}
+    resources = {"io_manager": PostgresIOManager(postgres=PostgresResource(postgres_url=postgres_url), schema=SCHEMA)}
     for key in ("m-1", "m-2"):
         assert materialize([merchant_orders], resources=resources, partition_key=key, instance=instance).success
     state["tag"] = "v2"
@@ -279,7 +280,7 @@ def test_multi_partitions_daily_by_static(store, postgres_url):
     def sales_check(sales: pa.Table) -> None:
         seen.append(sales.to_pandas())
 
-    resources = {"io_manager": PostgresIOManager(postgres_url=postgres_url, schema=SCHEMA)}
+    resources = {"io_manager": PostgresIOManager(postgres=PostgresResource(postgres_url=postgres_url), schema=SCHEMA)}
     for day, shop in [("2024-01-01", "north"), ("2024-01-01", "south"), ("2024-01-02", "north")]:
         key = MultiPartitionKey({"day": day, "shop": shop})
         assert materialize([sales], resources=resources, partition_key=key).success
@@ -318,9 +319,9 @@ def test_failure_after_the_insert_rolls_back_delete_and_insert(store, postgres_u
         def type_handlers() -> list[DbTypeHandler]:
             return [ExplodingHandler()]
 
-    good = PostgresIOManager(postgres_url=postgres_url, schema=SCHEMA).create_io_manager(build_init_resource_context())
+    good = PostgresIOManager(postgres=PostgresResource(postgres_url=postgres_url), schema=SCHEMA).create_io_manager(build_init_resource_context())
     write(good, ["atomic2"], rows("2024-01-01", 3), partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META)
-    bad = ExplodingIOManager(postgres_url=postgres_url, schema=SCHEMA).create_io_manager(build_init_resource_context())
+    bad = ExplodingIOManager(postgres=PostgresResource(postgres_url=postgres_url), schema=SCHEMA).create_io_manager(build_init_resource_context())
     with pytest.raises(RuntimeError, match="boom after COPY"):
         write(bad, ["atomic2"], rows("2024-01-01", 7, "v2"), partition_key="2024-01-01", pdef=DAILY, metadata=DAY_META)
     assert tags_by_day(store, "atomic2") == {"2024-01-01": (3, {"v1"})}
@@ -343,8 +344,8 @@ def test_concurrent_replaces_of_one_partition_do_not_duplicate(store, postgres_u
         def type_handlers() -> list[DbTypeHandler]:
             return [HeldHandler()]
 
-    fast = PostgresIOManager(postgres_url=postgres_url, schema=SCHEMA).create_io_manager(build_init_resource_context())
-    held = HeldIOManager(postgres_url=postgres_url, schema=SCHEMA).create_io_manager(build_init_resource_context())
+    fast = PostgresIOManager(postgres=PostgresResource(postgres_url=postgres_url), schema=SCHEMA).create_io_manager(build_init_resource_context())
+    held = HeldIOManager(postgres=PostgresResource(postgres_url=postgres_url), schema=SCHEMA).create_io_manager(build_init_resource_context())
     day = {"partition_key": "2024-01-01", "pdef": DAILY, "metadata": DAY_META}
     write(fast, ["raced"], rows("2024-01-01", 2), **day)
 
@@ -394,7 +395,7 @@ def test_rows_outside_the_partition_are_refused(iom, store):
 
 def test_default_config_uses_the_configured_store(store):
     """No URL: the store from Settings (the test env points KINGTAVO_POSTGRES_URL at the test database)."""
-    manager = PostgresIOManager()
+    manager = PostgresIOManager(postgres=PostgresResource())
     assert manager.schema_ == "public"
     iom = manager.create_io_manager(build_init_resource_context())
     try:
@@ -431,7 +432,7 @@ UPSERT_META = {
 
 
 def test_upsert_mode_never_lets_an_older_version_win(store, postgres_url):
-    iom = PostgresIOManager(postgres_url=postgres_url).create_io_manager(build_init_resource_context())
+    iom = PostgresIOManager(postgres=PostgresResource(postgres_url=postgres_url)).create_io_manager(build_init_resource_context())
     key = ["core", "unified_items"]  # the migrated core table in public
     first = write(iom, key, unified(["a", "b"], "first", "2024-01-01T10:00"), partition_key="2024-01-01", pdef=DAILY, metadata=UPSERT_META)
     assert (first["rows_inserted"], first["rows_updated"], first["rows_unchanged"]) == (2, 0, 0)

@@ -44,9 +44,7 @@ def test_store_urls_reach_resources_as_env_var_references(monkeypatch):
     snaps = _resource_snaps()
     expected = {
         "postgres": {"postgres_url": "KINGTAVO_POSTGRES_URL"},
-        "postgres_io_manager": {"postgres_url": "KINGTAVO_POSTGRES_URL"},
         "clickhouse": {"clickhouse_url": "KINGTAVO_CLICKHOUSE_URL", "database": "KINGTAVO_CLICKHOUSE_DATABASE"},
-        "clickhouse_io_manager": {"clickhouse_url": "KINGTAVO_CLICKHOUSE_URL", "database": "KINGTAVO_CLICKHOUSE_DATABASE"},
     }
     for name, fields in expected.items():
         configured = snaps[name].configured_values
@@ -54,6 +52,12 @@ def test_store_urls_reach_resources_as_env_var_references(monkeypatch):
             assert configured[field] == ResourceConfigEnvVarSnap(name=env), (name, field, configured)
         # what the UI is sent: the variable's name, never its value
         assert "pw-4f9a8b" not in serialize_value(snaps[name])
+    # one configuration path per store: the IO managers hold no URL, they use the store resources
+    for io_manager, store in (("postgres_io_manager", "postgres"), ("clickhouse_io_manager", "clickhouse")):
+        snap = snaps[io_manager]
+        assert {"postgres_url", "clickhouse_url", "database"}.isdisjoint(snap.configured_values), snap.configured_values
+        assert snap.nested_resources[store].name == store
+        assert "pw-4f9a8b" not in serialize_value(snap)
 
 
 def test_unset_store_urls_leave_the_fields_to_settings(monkeypatch):
@@ -77,7 +81,8 @@ def test_a_run_resolves_the_env_var_and_keeps_the_url_out_of_run_config(store, p
 
 def test_clickhouse_database_names_are_validated_everywhere(clickhouse_dsn):
     for bad in ("bad-name", "x`; DROP DATABASE kingtavo; --", "1st"):
-        for make in (lambda: ClickHouseResource(database=bad), lambda: ClickHouseIOManager(database=bad)):
+        for make in (lambda: ClickHouseResource(database=bad),
+                     lambda: ClickHouseIOManager(clickhouse=ClickHouseResource(database=bad))):
             with pytest.raises(ValueError, match="invalid ClickHouse database name"):
                 make()
         with pytest.raises(ValueError, match="invalid ClickHouse database name"):

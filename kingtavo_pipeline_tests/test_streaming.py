@@ -14,6 +14,7 @@ import kingtavo_pipeline.defs.ingest.assets as ingest_assets
 from kingtavo_pipeline.defs.warehouse.assets import warehouse_unified_items
 from kingtavo_pipeline.defs.warehouse.checks import row_count_matches_core
 from kingtavo_pipeline.io_managers import ClickHouseIOManager, PostgresIOManager
+from kingtavo_pipeline.resources import ClickHouseResource, PostgresResource
 from kingtavo_pipeline.sources.csv_source import iter_raw_batches
 from kingtavo_pipeline_tests.pipeline_helpers import one_csv_source
 
@@ -39,8 +40,8 @@ def test_a_partition_larger_than_the_batch_goes_through_every_layer_in_chunks(st
     monkeypatch.setattr(ingest_assets, "iter_raw_batches", small_batches)
     resources = {
         **resources,
-        "postgres_io_manager": PostgresIOManager(batch_rows=BATCH),
-        "clickhouse_io_manager": ClickHouseIOManager(batch_rows=BATCH),
+        "postgres_io_manager": PostgresIOManager(postgres=PostgresResource(), batch_rows=BATCH),
+        "clickhouse_io_manager": ClickHouseIOManager(clickhouse=ClickHouseResource(), batch_rows=BATCH),
     }
     assert dg.materialize([raw_asset], partition_key="2024-11-01", resources=resources).success
     result = dg.materialize(
@@ -150,6 +151,7 @@ import kingtavo_pipeline.defs.core.assets as core_assets
 import kingtavo_pipeline.defs.ingest.assets as ingest_assets
 from kingtavo_pipeline.definitions import defs
 from kingtavo_pipeline.io_managers import ClickHouseIOManager, PostgresIOManager
+from kingtavo_pipeline.resources import ClickHouseResource, PostgresResource
 from kingtavo_pipeline.sources.config import load_sources
 from kingtavo_pipeline.sources.csv_source import iter_raw_batches
 
@@ -166,8 +168,8 @@ core_assets.SOURCES = sources
 core_assets.READ_CHUNK_ROWS = batch
 ingest_assets.iter_raw_batches = functools.partial(iter_raw_batches, batch_size=batch)
 [raw] = ingest_assets.build_raw_assets(sources)
-resources = {**defs().resources, "postgres_io_manager": PostgresIOManager(batch_rows=batch),
-             "clickhouse_io_manager": ClickHouseIOManager(batch_rows=batch)}
+resources = {**defs().resources, "postgres_io_manager": PostgresIOManager(postgres=PostgresResource(), batch_rows=batch),
+             "clickhouse_io_manager": ClickHouseIOManager(clickhouse=ClickHouseResource(), batch_rows=batch)}
 tags = {"dagster/asset_partition_range_start": "2024-11-01", "dagster/asset_partition_range_end": "2024-11-03"}
 assert dg.materialize([raw], tags=tags, resources=resources).success
 assert dg.materialize([core_assets.core_unified_items], tags=tags, resources=resources).success

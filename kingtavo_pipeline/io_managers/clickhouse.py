@@ -88,7 +88,6 @@ from clickhouse_connect.driver.binding import format_str, quote_identifier
 from clickhouse_connect.driver.client import Client
 from dagster import (
     ConfigurableIOManagerFactory,
-    EnvVar,
     InitResourceContext,
     InputContext,
     MultiPartitionsDefinition,
@@ -104,7 +103,7 @@ from dagster._core.storage.db_io_manager import (
     DbTypeHandler,
     TableSlice,
 )
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from kingtavo_pipeline.io_managers.slices import (
     DEFAULT_BATCH_ROWS,
@@ -125,7 +124,8 @@ from kingtavo_pipeline.io_managers.slices import (
     slice_id,
     tally,
 )
-from kingtavo_pipeline.settings import Settings, check_clickhouse_database
+from kingtavo_pipeline.resources import ClickHouseResource
+from kingtavo_pipeline.settings import Settings
 from kingtavo_pipeline.storage.clickhouse import connect_clickhouse
 from kingtavo_pipeline.storage.migrations import migrate_clickhouse
 from kingtavo_pipeline.storage.postgres import to_arrow
@@ -895,21 +895,10 @@ class ClickHouseIOManager(ConfigurableIOManagerFactory):
     (needed to create a table), ``schema`` (another database), ``columns`` on inputs.
     """
 
-    clickhouse_url: str | None = Field(
-        default=None,
-        description="http(s):// ClickHouse URL or chdb:///path; give it as dg.EnvVar(...) so no password shows in "
-        "run config or the UI. Unset uses KINGTAVO_CLICKHOUSE_URL, else chDB under KINGTAVO_HOME.",
+    clickhouse: ClickHouseResource = Field(
+        description="The warehouse (the `clickhouse` resource): its URL and database are configured there, once; "
+        "asset metadata 'schema' names another database.",
     )
-    database: str | None = Field(
-        default=None,
-        description="Database for the tables (asset metadata 'schema' overrides it); unset uses KINGTAVO_CLICKHOUSE_DATABASE.",
-    )
-
-    @field_validator("database")
-    @classmethod
-    def _check_database(cls, value: str | None) -> str | None:
-        # An EnvVar is checked once Dagster resolves it to its value.
-        return value if value is None or isinstance(value, EnvVar) else check_clickhouse_database(value)
 
     batch_rows: int = Field(
         default=DEFAULT_BATCH_ROWS,
@@ -921,7 +910,7 @@ class ClickHouseIOManager(ConfigurableIOManagerFactory):
         return [
             ClickHousePandasTypeHandler(self.batch_rows),
             ClickHouseArrowTypeHandler(self.batch_rows),
-            ClickHouseStreamTypeHandler(self.clickhouse_url, self.database, self.batch_rows),
+            ClickHouseStreamTypeHandler(self.clickhouse.clickhouse_url, self.clickhouse.database, self.batch_rows),
         ]
 
     @staticmethod
@@ -929,10 +918,10 @@ class ClickHouseIOManager(ConfigurableIOManagerFactory):
         return pd.DataFrame
 
     def create_io_manager(self, context: InitResourceContext | None = None) -> DbIOManager:
-        database = self.database or Settings().clickhouse_database
+        database = self.clickhouse.database or Settings().clickhouse_database
         return DbIOManager(
             type_handlers=self.type_handlers(),
-            db_client=ClickHouseDbClient(self.clickhouse_url, database),
+            db_client=ClickHouseDbClient(self.clickhouse.clickhouse_url, database),
             database=database,
             schema=database,
             io_manager_name="ClickHouseIOManager",

@@ -99,6 +99,7 @@ from kingtavo_pipeline.io_managers.slices import (
     slice_id,
     tally,
 )
+from kingtavo_pipeline.resources import PostgresResource
 from kingtavo_pipeline.settings import Settings
 from kingtavo_pipeline.storage.postgres import (
     PostgresStore,
@@ -768,10 +769,8 @@ class PostgresIOManager(ConfigurableIOManagerFactory):
     ``upsert_keys``, ``version_column``).
     """
 
-    postgres_url: str | None = Field(
-        default=None,
-        description="postgresql:// URL; give it as dg.EnvVar(...) so no password shows in run config or the UI. "
-        "Unset uses the configured store (KINGTAVO_POSTGRES_URL, else the embedded server).",
+    postgres: PostgresResource = Field(
+        description="The operational store (the `postgres` resource): its URL is configured there, once.",
     )
     schema_: str | None = Field(
         default="public",
@@ -789,7 +788,7 @@ class PostgresIOManager(ConfigurableIOManagerFactory):
         return [
             PostgresPandasTypeHandler(),
             PostgresArrowTypeHandler(),
-            PostgresStreamTypeHandler(self.postgres_url, self.batch_rows),
+            PostgresStreamTypeHandler(self.postgres.postgres_url, self.batch_rows),
         ]
 
     @staticmethod
@@ -799,8 +798,8 @@ class PostgresIOManager(ConfigurableIOManagerFactory):
     def create_io_manager(self, context: InitResourceContext | None = None) -> DbIOManager:
         return DbIOManager(
             type_handlers=self.type_handlers(),
-            db_client=PostgresDbClient(self.postgres_url),
-            database=_database_name(self.postgres_url),
+            db_client=PostgresDbClient(self.postgres.postgres_url),
+            database=_database_name(self.postgres.postgres_url),
             schema=self.schema_,
             io_manager_name="PostgresIOManager",
             default_load_type=self.default_load_type(),
