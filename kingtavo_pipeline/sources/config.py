@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ..connectors.rest import RestSourceConfig
 from ..transform.unified import UNIFIED_FIELDS
 
 SOURCES_FILE_ENV = "KINGTAVO_SOURCES_FILE"
@@ -174,24 +175,182 @@ class RssSource(_Model):
         return _check_fields(value)
 
 
+class HttpSettings(_Model):
+    """Timeouts, retries and the client-side rate limit of an API source (the HTTP layer's policy)."""
+
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1)
+    backoff_initial: float = Field(default=0.5, ge=0)
+    backoff_max: float = Field(default=30.0, ge=0)
+    max_retry_after: float = Field(default=120.0, ge=0)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown: float = Field(default=30.0, ge=0)
+    max_response_mib: int = Field(default=50, ge=1)
+
+
+class _ApiSource(_Model):
+    """What every API source has: a name, a base URL, the entities to pull and the HTTP policy."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    base_url: str
+    entities: list[str]
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    # entity -> mapping file (relative to the sources file); unset: the shipped mappings/<type>_<entity>.yaml
+    mappings: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not _is_url(value):
+            raise ValueError(f"base_url must be an http(s) URL, got {value!r}")
+        return value
+
+    @field_validator("mappings")
+    @classmethod
+    def _resolve_mappings(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        return {entity: _resolve(path, info) for entity, path in value.items()}
+
+    @model_validator(mode="after")
+    def _check_entities(self):
+        allowed = self.allowed_entities()
+        unknown = [e for e in self.entities if allowed and e not in allowed]
+        if unknown:
+            raise ValueError(f"unknown entit{'ies' if len(unknown) > 1 else 'y'} {unknown}; allowed: {', '.join(allowed)}")
+        return self
+
+    @classmethod
+    def allowed_entities(cls) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def source_type(self) -> str:
+        raise NotImplementedError
+
+
+class PrintavoSource(_ApiSource):
+    """Printavo API v2 (GraphQL): ``email`` and ``token`` headers from the named env vars."""
+
+    base_url: str = "http://127.0.0.1:8765/printavo/api/v2"
+    entities: list[str] = Field(default_factory=lambda: ["invoices", "quotes", "customers"])
+    email_env: str = "PRINTAVO_EMAIL"
+    token_env: str = "PRINTAVO_TOKEN"
+    page_size: int = Field(default=25, ge=1, le=100)
+    # the API has no updated-since filter: incremental pulls re-scan this many days of orders
+    rescan_days: int = Field(default=30, ge=1)
+    # documented limit: 10 requests per 5 seconds per credential
+    requests_per_window: int = Field(default=10, ge=1)
+    window_seconds: float = Field(default=5.0, gt=0)
+
+    @classmethod
+    def allowed_entities(cls) -> tuple[str, ...]:
+        return ("invoices", "quotes", "customers")
+
+    @property
+    def source_type(self) -> str:
+        return "printavo"
+
+
+class SallaSource(_ApiSource):
+    """Salla Admin API v2 for many merchants: OAuth2 tokens per merchant live encrypted in
+    ``source_credentials`` (``kingtavo credentials set``); merchants are dynamic partitions."""
+
+    base_url: str = "http://127.0.0.1:8765/salla/admin/v2"
+    token_url: str = "http://127.0.0.1:8765/salla/oauth2/token"
+    entities: list[str] = Field(default_factory=lambda: ["orders", "products", "customers"])
+    client_id_env: str = "SALLA_CLIENT_ID"
+    client_secret_env: str = "SALLA_CLIENT_SECRET"
+    page_size: int = Field(default=60, ge=1, le=60)
+    # the store's plan: Plus 120, Pro 360, Special 720 requests per minute
+    requests_per_minute: int = Field(default=120, ge=1)
+    # merchants registered when the definitions load; more with `kingtavo merchants add`
+    merchants: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def allowed_entities(cls) -> tuple[str, ...]:
+        return ("orders", "products", "customers")
+
+    @property
+    def source_type(self) -> str:
+        return "salla"
+
+
+class StrapiSource(_ApiSource):
+    """A Strapi v4 or v5 REST API: collection entity -> plural API path, Bearer API token."""
+
+    token_env: str = "STRAPI_TOKEN"
+    version: int = Field(default=5, ge=4, le=5)
+    collections: dict[str, str]
+    entities: list[str] = Field(default_factory=list)
+    page_size: int = Field(default=100, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _default_entities(self):
+        if not self.entities:
+            object.__setattr__(self, "entities", list(self.collections))
+        unknown = [e for e in self.entities if e not in self.collections]
+        if unknown:
+            raise ValueError(f"entities {unknown} have no entry in collections")
+        return self
+
+    @property
+    def source_type(self) -> str:
+        return "strapi"
+
+
+class RestSource(RestSourceConfig):
+    """A generic paginated REST/JSON API (paginator, records path, incremental cursor: see
+    ``connectors/rest.py``), with the HTTP policy and a mapping file per entity (required: there is
+    no shipped mapping for an arbitrary API)."""
+
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    mappings: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("mappings")
+    @classmethod
+    def _resolve_mappings(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        return {entity: _resolve(path, info) for entity, path in value.items()}
+
+    @model_validator(mode="after")
+    def _every_entity_mapped(self):
+        missing = [e for e in self.entities if e not in self.mappings]
+        if missing:
+            raise ValueError(f"entities {missing} need a mapping file under 'mappings'")
+        return self
+
+    @property
+    def source_type(self) -> str:
+        return "rest"
+
+
 class SourcesConfig(_Model):
     csv: list[CsvSource] = Field(default_factory=list)
     rss: list[RssSource] = Field(default_factory=list)
+    printavo: list[PrintavoSource] = Field(default_factory=list)
+    salla: list[SallaSource] = Field(default_factory=list)
+    strapi: list[StrapiSource] = Field(default_factory=list)
+    rest: list[RestSource] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_names(self) -> SourcesConfig:
         seen: set[str] = set()
         dupes: list[str] = []
-        for source in self.all():
+        for source in [*self.all(), *self.api()]:
             if source.name in seen:
                 dupes.append(source.name)
             seen.add(source.name)
         if dupes:
-            raise ValueError(f"duplicate source name(s) {sorted(set(dupes))}; names must be unique across csv and rss")
+            raise ValueError(f"duplicate source name(s) {sorted(set(dupes))}; names must be unique across all sources")
         return self
 
     def all(self) -> list[CsvSource | RssSource]:
+        """The file and feed sources (mapped to unified_items)."""
         return [*self.csv, *self.rss]
+
+    def api(self) -> list[PrintavoSource | SallaSource | StrapiSource | RestSource]:
+        """The API sources (mapped to the core entity tables)."""
+        return [*self.printavo, *self.salla, *self.strapi, *self.rest]
 
     def get(self, name: str) -> CsvSource | RssSource:
         for source in self.all():
@@ -200,7 +359,7 @@ class SourcesConfig(_Model):
         raise KeyError(f"no source named {name!r}")
 
 
-_MODELS = {"csv": CsvSource, "rss": RssSource}
+_MODELS = {"csv": CsvSource, "rss": RssSource, "printavo": PrintavoSource, "salla": SallaSource, "strapi": StrapiSource, "rest": RestSource}
 
 
 def _unknown_key(loc: tuple) -> str:

@@ -18,6 +18,7 @@ import feedparser
 import httpx
 import pandas as pd
 
+from ..extract.http import HttpError, HttpPolicy, ResilientClient
 from ..storage.errors import redact_url
 from ..transform.unified import TS_DTYPE
 from .config import DEFAULT_FEED_FIELDS, RssSource, SourceConfigError
@@ -25,7 +26,9 @@ from .csv_source import content_hash, empty_raw_frame
 
 __all__ = ["DEFAULT_FEED_FIELDS", "fetch_url", "html_to_text", "read_feed"]
 
-HTTP_TIMEOUT = 30
+# feeds are small, public and polled: fewer attempts than the API default, same timeouts and cap
+FEED_POLICY = HttpPolicy(max_attempts=4)
+_FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.8"
 _BLOCK_TAGS = {"p", "br", "div", "li", "ul", "ol", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre"}
 
 
@@ -62,10 +65,10 @@ def html_to_text(value: str | None) -> str:
     return re.sub(r"\s+", " ", html.unescape("".join(parser.parts))).strip()
 
 
-def fetch_url(url: str) -> bytes:
-    response = httpx.get(url, timeout=HTTP_TIMEOUT, follow_redirects=True)
-    response.raise_for_status()
-    return response.content
+def fetch_url(url: str, *, name: str = "rss", policy: HttpPolicy | None = None) -> bytes:
+    """GET a feed through the shared HTTP layer (retries, breaker, size cap); raises ``HttpError``."""
+    with ResilientClient(name, policy or FEED_POLICY, headers={"Accept": _FEED_ACCEPT}) as client:
+        return client.get(url).content
 
 
 def _utc(struct: time.struct_time | None) -> datetime | None:
@@ -137,10 +140,13 @@ def read_feed(source: RssSource, fetch: Callable[[str], bytes] | None = None) ->
         )
     if source.is_remote:
         try:
-            data = (fetch or fetch_url)(source.url)
-        except httpx.HTTPError as exc:  # its text repeats the URL, credentials included
-            raise ValueError(f"rss source {source.name!r}: cannot fetch {where}: {type(exc).__name__}: "
-                             f"{redact_url(str(exc))}") from None
+            data = fetch(source.url) if fetch else fetch_url(source.url, name=f"rss:{source.name}")
+        except HttpError as exc:  # one line: method, redacted URL, status or network error
+            raise ValueError(f"rss source {source.name!r}: cannot fetch feed ({exc.kind}): {exc}") from None
+        except httpx.HTTPError as exc:  # a replacement fetch: its text repeats the URL, credentials included
+            raise ValueError(
+                f"rss source {source.name!r}: cannot fetch feed {where}: {redact_url(' '.join(str(exc).split()))}"
+            ) from None
     else:
         data = Path(source.url).read_bytes()
     parsed = feedparser.parse(data)

@@ -21,7 +21,7 @@ _URL = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^\s'\"<>]*)")
 _QUERY_SECRET = re.compile(rf"([?&;](?:{_SECRET_KEYS})=)[^&#\s'\"]*", re.IGNORECASE)
 # key=value DSN: password=secret, password = 'se cret' (libpq quoting: \' and \\ escapes).
 _KV_SECRET = re.compile(
-    rf"(?<![?&;])((?:{_SECRET_KEYS})\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s'\"]+)",
+    rf"(?<![?&;\w])((?:{_SECRET_KEYS})\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s'\"]+)",
     re.IGNORECASE,
 )
 # Mappings printed as text: {'password': 'secret'}, "password": "secret".
