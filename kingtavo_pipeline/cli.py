@@ -25,8 +25,9 @@ REPO_DAGSTER_YAML = (
 def _known_errors() -> tuple[type[Exception], ...]:
     """Problems the user fixes in configuration or the environment: one line, no traceback."""
     from kingtavo_pipeline.sources.config import SourceConfigError  # pandas: not at CLI start
+    from kingtavo_pipeline.webhooks.config import WebhookConfigError
 
-    return (StoreUnavailableError, SourceConfigError, SettingsError, ValidationError)
+    return (StoreUnavailableError, SourceConfigError, SettingsError, ValidationError, WebhookConfigError)
 
 
 def _one_line(exc: Exception) -> str:
@@ -290,6 +291,18 @@ def _run_late_ranges(instance, definitions, store) -> list:
     for reason in held:
         click.echo(f"Late records held back: {reason}")
     return results
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--webhooks-file", type=click.Path(dir_okay=False),
+              help="Webhook sources YAML (default: $KINGTAVO_WEBHOOKS_FILE; unset: no sources).")
+def serve(host: str, port: int, webhooks_file: str | None) -> None:
+    """Run the HTTP service: webhook ingress (POST /webhooks/<name>), /health and /metrics."""
+    from kingtavo_pipeline.webhooks import serve as serve_webhooks
+
+    serve_webhooks(host, port, webhooks_file)
 
 
 @main.group("dead-letters")
