@@ -305,6 +305,76 @@ def serve(host: str, port: int, webhooks_file: str | None) -> None:
     serve_webhooks(host, port, webhooks_file)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--seed", default=7, show_default=True, type=int, help="Seed of the generated data.")
+def sandbox(host: str, port: int, seed: int) -> None:
+    """Run the simulated Printavo and Salla APIs (seeded data, fault switches, ground truth)."""
+    from kingtavo_pipeline.sandbox import SandboxConfig
+    from kingtavo_pipeline.sandbox import serve as serve_sandbox
+
+    serve_sandbox(host, port, SandboxConfig(seed=seed))
+
+
+@main.group()
+def credentials() -> None:
+    """OAuth tokens of API sources (stored encrypted in source_credentials)."""
+
+
+@credentials.command("set")
+@click.argument("source_name")
+@click.argument("account_id")
+@click.option("--access-token-env", default="SALLA_ACCESS_TOKEN", show_default=True,
+              help="Variable holding the access token (never pass tokens as arguments).")
+@click.option("--refresh-token-env", default="SALLA_REFRESH_TOKEN", show_default=True)
+@click.option("--expires-in", default=14 * 24 * 3600, show_default=True, type=int, help="Access token lifetime, seconds.")
+def credentials_set(source_name: str, account_id: str, access_token_env: str, refresh_token_env: str,
+                    expires_in: int) -> None:
+    """Store a Salla merchant's token pair (from the app's installation) encrypted at rest."""
+    from kingtavo_pipeline.storage.credentials import save_credentials
+    from kingtavo_pipeline.storage.postgres import get_store
+
+    tokens = {}
+    for name in (access_token_env, refresh_token_env):
+        tokens[name] = os.environ.get(name, "").strip()
+        if not tokens[name]:
+            raise click.ClickException(f"set the environment variable {name}")
+    save_credentials(get_store(Settings()), "salla", source_name, account_id, tokens[access_token_env],
+                     tokens[refresh_token_env], expires_in)
+    click.echo(f"stored the token pair of merchant {account_id} for source {source_name} (encrypted)")
+
+
+@credentials.command("list")
+def credentials_list() -> None:
+    """Stored credentials: source, account, status and expiry (never the tokens)."""
+    from kingtavo_pipeline.storage.credentials import list_credentials
+    from kingtavo_pipeline.storage.postgres import get_store
+
+    for row in list_credentials(get_store(Settings())):
+        click.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+@main.group()
+def merchants() -> None:
+    """Salla merchants: each is a dynamic partition of the raw/salla assets."""
+
+
+@merchants.command("add")
+@click.argument("merchant_ids", nargs=-1, required=True)
+def merchants_add(merchant_ids: tuple[str, ...]) -> None:
+    """Register merchants (their day x merchant partitions appear in the UI; backfill them there)."""
+    import dagster as dg
+
+    from kingtavo_pipeline.defs.ingest.api import SALLA_MERCHANTS
+
+    _prepare_dagster_home(Settings())
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(SALLA_MERCHANTS.name, list(merchant_ids))
+        known = instance.get_dynamic_partitions(SALLA_MERCHANTS.name)
+    click.echo(f"Salla merchants: {', '.join(known)}")
+
+
 @main.group("dead-letters")
 def dead_letters() -> None:
     """Records that could not be landed or mapped: list, retry and resolve them."""
