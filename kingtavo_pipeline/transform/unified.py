@@ -3,18 +3,30 @@
 Pure pandas: no Dagster, no database. One call maps one batch of raw rows; every row ends up either
 in ``valid`` (one row per item, deduplicated) or in ``rejects`` (one row per bad record, all its
 problems listed).
+
+The fields are evaluated by the mapping engine (:mod:`kingtavo_pipeline.mapping`): a source's
+``fields`` become engine field specs (:func:`unified_field_specs`) and run through the same column
+converters, validators and transforms as the API mappings. What stays here is what is particular to
+the unified table: flat payload keys (CSV headers may hold any character, so they are not dotted
+paths), their extraction in SQL (:func:`extraction_sql`), ``metadata`` (the unmapped keys), the
+message wording, and the newest-version deduplication.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
+from kingtavo_pipeline.mapping.columns import parse_amounts, parse_timestamps  # noqa: F401 - public here too
+from kingtavo_pipeline.mapping.engine import evaluate
+from kingtavo_pipeline.mapping.extract import decode_json
+from kingtavo_pipeline.mapping.spec import FieldSpec as EngineFieldSpec
+from kingtavo_pipeline.mapping.spec import TransformCall
 
 FieldKind = Literal["text", "url", "amount", "quantity", "timestamp"]
 
@@ -77,10 +89,8 @@ ERROR_TYPES = ("malformed_payload", "missing_required", "invalid_type", "invalid
 _RANK = {name: rank for rank, name in enumerate(ERROR_TYPES)}
 
 TS_DTYPE = "datetime64[us, UTC]"
-_MAX_INT64 = 2**63 - 1
 # One encoder for all rows: json.dumps(**options) would build a new one per call.
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-_URL_RE = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+[^\s]*$"
 
 
 @dataclass
@@ -103,70 +113,6 @@ def _clean_text(values: pd.Series) -> pd.Series:
     """Like :func:`_as_string` but object dtype with ``None`` for missing (what DB drivers expect)."""
     text = _as_string(values)
     return text.astype(object).where(text.notna(), None)
-
-
-def parse_timestamps(values: pd.Series, *, dayfirst: bool = False, date_format: str | None = None) -> pd.Series:
-    """Strings -> ``datetime64[us, UTC]``; unparseable or empty -> NaT. Naive times are taken as UTC.
-
-    Tiered so the common case stays vectorised: ISO-8601 first (never reordered by ``dayfirst``,
-    which dateutil would do to "2024-11-01"), then one inferred format for the rest, and only what
-    is still left goes element by element (``format="mixed"``).
-    """
-    text = _as_string(values).astype(object)
-    text = text.where(text.notna(), None)
-    out = pd.Series(pd.NaT, index=text.index, dtype=TS_DTYPE)
-    if text.isna().all():
-        return out
-    with warnings.catch_warnings():
-        # "Could not infer format..." and dayfirst hints are expected for mixed inputs.
-        warnings.simplefilter("ignore", UserWarning)
-        if date_format:
-            attempts = [{"format": date_format}]
-        else:
-            attempts = [{"format": "ISO8601"}, {"dayfirst": dayfirst}, {"format": "mixed", "dayfirst": dayfirst}]
-        for kwargs in attempts:
-            rest = out.isna() & text.notna()
-            if not rest.any():
-                break
-            try:
-                parsed = pd.to_datetime(text[rest], errors="coerce", utc=True, **kwargs)
-            except (ValueError, TypeError, OverflowError):  # e.g. an inferred format that cannot apply
-                continue
-            out[rest] = parsed.astype(TS_DTYPE)
-    return out
-
-
-def parse_amounts(values: pd.Series) -> pd.Series:
-    """Money strings -> float64 (NaN when unparseable or not finite).
-
-    Accepts "1234.50", "1,234.50", "1234,50", "1.234,50", "€ 19,90". The separator that comes last
-    is the decimal one; a lone comma is decimal too, except in "1,234"-shaped values (1-3 digits,
-    comma, exactly three digits), read as a US thousands group. Several dots with no comma
-    ("1.234.567") are thousands groups.
-    """
-    text = _as_string(values)
-    number = pd.to_numeric(text, errors="coerce").astype("float64")
-    todo = text.notna() & number.isna()  # fast path: plain numbers need no separator handling
-    if not todo.any():
-        return number.where(np.isfinite(number))
-    s = text[todo].str.replace(r"[\s\u00a0\u202f'’_]", "", regex=True)
-    s = s.str.replace(r"(?i)^(?:[€$£¥]|EUR|USD|GBP)|(?:[€$£¥]|EUR|USD|GBP)$", "", regex=True)
-    commas = s.str.count(",").fillna(0)
-    dots = s.str.count(r"\.").fillna(0)
-    comma_last = (s.str.rfind(",") > s.str.rfind(".")).fillna(False)
-    us_group = s.str.fullmatch(r"[+-]?\d{1,3}(?:,\d{3})+").fillna(False)
-    decimal_comma = ((commas > 0) & (dots > 0) & comma_last) | ((commas == 1) & (dots == 0) & ~us_group)
-    dot_groups = (commas == 0) & (dots > 1)
-    normal = s.str.replace(",", "", regex=False)
-    normal = normal.mask(decimal_comma, s.str.replace(".", "", regex=False).str.replace(",", ".", regex=False))
-    normal = normal.mask(dot_groups, s.str.replace(".", "", regex=False))
-    number[todo] = pd.to_numeric(normal, errors="coerce").astype("float64")
-    return number.where(np.isfinite(number))
-
-
-def _quote(values: pd.Series, limit: int = 80) -> pd.Series:
-    """repr-style quoting for messages, long values cut (only ever called on the bad subset)."""
-    return values.map(lambda v: repr(v if len(str(v)) <= limit else str(v)[:limit] + "..."))
 
 
 def _empty_valid() -> pd.DataFrame:
@@ -206,25 +152,6 @@ def _empty_rejects() -> pd.DataFrame:
     )
 
 
-# JSON's names for the types (what PostgreSQL's jsonb_typeof says too)
-_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
-
-
-def _parse_payload(text: Any) -> dict | str:
-    """A dict, or the error message when the payload is not a JSON object."""
-    if isinstance(text, dict):
-        return text
-    if not isinstance(text, (str, bytes, bytearray)):
-        return f"payload: expected a JSON object string, got {type(text).__name__}"
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        return f"payload: invalid JSON ({exc})"
-    if not isinstance(value, dict):
-        return f"payload: not a JSON object (got {_JSON_TYPES.get(type(value), type(value).__name__)})"
-    return value
-
-
 def _partition_dates(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """-> (python ``date`` objects, midnight UTC timestamps)."""
     ts = pd.to_datetime(values, errors="coerce")
@@ -254,10 +181,10 @@ def is_extracted(raw: pd.DataFrame, fields: Mapping[str, str]) -> bool:
 
 
 def decode_payloads(payloads: pd.Series, fields: Mapping[str, str]) -> pd.DataFrame:
-    """JSON payload text -> the extracted shape (one ``json.loads`` per row)."""
+    """JSON payload text -> the extracted shape (the mapping engine's bulk decode: orjson per row)."""
     index = payloads.index
-    parsed = [_parse_payload(p) for p in payloads.tolist()]
-    dicts = [p if isinstance(p, dict) else {} for p in parsed]
+    docs, errors = decode_json(payloads.tolist())
+    dicts = [d if d is not None else {} for d in docs]
     mapped_keys = list(dict.fromkeys(fields.values()))
     cols = pd.DataFrame.from_records(dicts, columns=mapped_keys, index=index) if mapped_keys else pd.DataFrame(index=index)
     mapped_set = set(mapped_keys)
@@ -265,7 +192,7 @@ def decode_payloads(payloads: pd.Series, fields: Mapping[str, str]) -> pd.DataFr
     out[METADATA_COLUMN] = pd.Series(
         [_dumps({k: v for k, v in d.items() if k not in mapped_set}) for d in dicts], index=index, dtype=object
     )
-    out[PAYLOAD_ERROR_COLUMN] = pd.Series([p if isinstance(p, str) else None for p in parsed], index=index, dtype=object)
+    out[PAYLOAD_ERROR_COLUMN] = pd.Series(errors, index=index, dtype=object)
     return pd.DataFrame(out, index=index)
 
 
@@ -295,6 +222,44 @@ def rename_extracted(frame: pd.DataFrame, fields: Mapping[str, str]) -> pd.DataF
 
 
 # ------------------------------------------------------------------------------------ the mapping
+
+# Unified kinds -> the engine's types (the engine's "number" is parse_amounts' float64).
+_ENGINE_TYPES = {"text": "text", "url": "url", "amount": "number", "quantity": "integer", "timestamp": "timestamp"}
+
+
+def unified_field_specs(
+    fields: Mapping[str, str], *, dayfirst: bool = False, date_format: str | None = None
+) -> dict[str, EngineFieldSpec]:
+    """A source's ``fields`` (unified field -> payload key) as mapping-engine field specs.
+
+    Inputs are payload keys (flat, so any header text works) and ``@source_id``; ``external_id``
+    falls back to the raw record's id.
+    """
+    specs = {}
+    for name, spec in UNIFIED_FIELDS.items():
+        options: dict[str, Any] = {"type": _ENGINE_TYPES[spec.kind], "required": spec.required}
+        if spec.kind == "quantity":
+            options["min"] = 0
+        if spec.kind == "timestamp":
+            options.update(dayfirst=dayfirst, format=date_format)
+        key = fields.get(name)
+        if name == "external_id":
+            inputs = [key, "@source_id"] if key is not None else ["@source_id"]
+            specs[name] = EngineFieldSpec.model_construct(paths=inputs, **_defaults({**options, "transform": _FIRST_NON_NULL}))
+        elif key is None:
+            specs[name] = EngineFieldSpec.model_construct(const=None, **_defaults(options))
+        else:
+            specs[name] = EngineFieldSpec.model_construct(path=key, **_defaults(options))
+    return specs
+
+
+def _defaults(options: dict[str, Any]) -> dict[str, Any]:
+    # model_construct skips validation (payload keys are not dotted paths), so defaults come from the model
+    base = {k: f.get_default(call_default_factory=True) for k, f in EngineFieldSpec.model_fields.items() if k not in ("path", "paths", "const")}
+    return {**base, **options}
+
+
+_FIRST_NON_NULL = [TransformCall(name="first_non_null")]
 
 
 def map_to_unified(
@@ -332,11 +297,8 @@ def map_to_unified(
     metadata = raw[METADATA_COLUMN].astype(object).where(~malformed, "{}")
     payloads = raw["payload"].astype(object) if "payload" in raw else pd.Series(None, index=index, dtype=object)
 
-    def source(field: str) -> pd.Series:
-        key = fields.get(field)
-        if key is None:
-            return pd.Series(None, index=index, dtype=object)
-        return cols[key]
+    def _input(ref: str) -> pd.Series:
+        return raw["source_id"] if ref == "@source_id" else cols[ref]
 
     problems: list[tuple[pd.Index, str, pd.Series]] = []  # (rows, error_type, message per row)
 
@@ -344,49 +306,27 @@ def map_to_unified(
         # Malformed payloads get their own single message, not a cascade of "missing" ones.
         rows = index[mask.fillna(False).astype(bool) & ~malformed]
         if len(rows):
-            if isinstance(messages, str):
+            if isinstance(messages, str) or not hasattr(messages, "loc"):
                 messages = pd.Series(messages, index=rows, dtype=object)
             problems.append((rows, error_type, messages.loc[rows].astype(object)))
 
+    specs = unified_field_specs(fields, dayfirst=dayfirst, date_format=date_format)
     out: dict[str, pd.Series] = {}
     for name, spec in UNIFIED_FIELDS.items():
-        raw_values = source(name)
-        text = _clean_text(raw_values)
+        inputs = [_input(ref) for ref in specs[name].inputs] or [pd.Series(None, index=index, dtype=object)]
+        if spec.kind == "timestamp":
+            inputs = [_clean_text(values) for values in inputs]  # digits are text here, never epoch seconds
+        result = evaluate(specs[name], inputs)
         where = f" (payload key {fields[name]!r})" if name in fields else " (not mapped)"
-        if name == "external_id":
-            text = text.where(text.notna(), _clean_text(raw["source_id"]))
-        if spec.required:
-            problem(text.isna(), "missing_required", f"{name}: required value missing{where}")
-        present = text.notna()
-        if spec.kind == "text":
-            out[name] = text
-        elif spec.kind == "url":
-            ok = text.astype("string").str.match(_URL_RE).fillna(False).astype(bool)
-            bad = present & ~ok
-            problem(bad, "invalid_value", f"{name}: " + _quote(text[bad]) + " is not an http(s) URL")
-            out[name] = text.where(~bad, None)
-        elif spec.kind == "amount":
-            number = parse_amounts(text)
-            bad = present & number.isna()
-            problem(bad, "invalid_type", f"{name}: " + _quote(text[bad]) + " is not a number")
-            out[name] = number.astype("float64")
-        elif spec.kind == "quantity":
-            number = parse_amounts(text)
-            not_number = present & number.isna()
-            problem(not_number, "invalid_type", f"{name}: " + _quote(text[not_number]) + " is not an integer")
-            fractional = present & number.notna() & (number != np.floor(number))
-            problem(fractional, "invalid_value", f"{name}: " + _quote(text[fractional]) + " is not a whole number")
-            negative = present & number.notna() & ~fractional & (number < 0)
-            problem(negative, "invalid_value", f"{name}: " + _quote(text[negative]) + " must be >= 0")
-            too_big = present & number.notna() & (number > _MAX_INT64)
-            problem(too_big, "invalid_value", f"{name}: " + _quote(text[too_big]) + " is too large")
-            usable = number.where(~(fractional | negative | too_big))
-            out[name] = usable.round().astype("Int64")
-        elif spec.kind == "timestamp":
-            ts = parse_timestamps(text, dayfirst=dayfirst, date_format=date_format)
-            bad = present & ts.isna()
-            problem(bad, "invalid_type", f"{name}: " + _quote(text[bad]) + " is not a valid date/time")
-            out[name] = ts
+        for p in result.problems:
+            suffix = where if p.error_type == "missing_required" else ""
+            mask = pd.Series(p.mask, index=index)
+            reasons = p.reasons if isinstance(p.reasons, str) else pd.Series(p.reasons, index=index[p.mask], dtype=object)
+            problem(mask, p.error_type, f"{name}: " + reasons + suffix)
+        values = result.values.set_axis(index)
+        if spec.kind in ("text", "url"):
+            values = values.astype(object).where(values.notna(), None)
+        out[name] = values
 
     # ---- combine problems: one reject row per record, most serious type, all messages in field order.
     rank = pd.Series(np.where(malformed, _RANK["malformed_payload"], len(ERROR_TYPES)), index=index)

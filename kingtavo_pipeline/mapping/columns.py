@@ -1,0 +1,512 @@
+"""Column functions: raw JSON values of one field over a batch -> typed values and per-row problems.
+
+Every function works on a whole column (Arrow compute or pandas), never a Python call per value,
+except for the rare column that mixes JSON types (numbers and strings, objects where scalars are
+expected), which is normalised element by element first.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+TS_DTYPE = "datetime64[us, UTC]"
+DECIMAL_TYPE = pa.decimal128(18, 4)
+DECIMAL_DTYPE = pd.ArrowDtype(DECIMAL_TYPE)
+TEXT_DTYPE = pd.ArrowDtype(pa.string())
+# decimal(18,4) holds 14 integer digits
+_DECIMAL_LIMIT = 10**14
+_MAX_INT64 = 2**63 - 1
+_URL_RE = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+[^\s]*$"
+# money rounds half away from zero (what invoices print), not to even
+_HALF_UP = "half_towards_infinity"
+_PLAIN_NUMBER_RE = r"^[+-]?(?:\d+\.?\d*|\.\d+)$"
+# a time of day followed by a zone designator: such strings carry their own offset
+_AWARE_RE = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?|UTC|GMT)$"
+
+
+@dataclass
+class Problem:
+    """Rows of one column that failed: ``mask`` over the column, ``reasons`` for the masked rows."""
+
+    mask: np.ndarray
+    error_type: str
+    reasons: np.ndarray | str
+
+
+@dataclass
+class Converted:
+    values: pd.Series
+    problems: list[Problem]
+
+
+def quote(values: Sequence[Any], limit: int = 80) -> np.ndarray:
+    """repr-style quoting for messages, long values cut (only ever called on the bad subset)."""
+    out = []
+    for v in values:
+        if isinstance(v, Decimal):
+            v = str(v)
+        text = repr(v)
+        out.append(text if len(text) <= limit + 2 else repr(str(v)[:limit] + "..."))
+    return np.array(out, dtype=object)
+
+
+# ------------------------------------------------------------------------------ raw -> Arrow
+
+
+def _scalar_text(v: Any) -> str | None:
+    if v is None or v.__class__ is str:
+        return v
+    if v is True or v is False:
+        return "true" if v else "false"
+    if isinstance(v, float) and v != v:  # NaN from pandas stands for missing
+        return None
+    return str(v)
+
+
+def to_arrow(values: Any) -> tuple[pa.Array, np.ndarray | None]:
+    """Raw values -> one Arrow array, and a mask of JSON objects/arrays (None when there are none).
+
+    A column of one JSON type converts in C. A column mixing types (or holding objects/arrays)
+    becomes strings, objects/arrays null and flagged.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        arr = values
+    else:
+        if isinstance(values, pd.Series) and isinstance(values.dtype, pd.ArrowDtype):
+            return to_arrow(pa.array(values))
+        if isinstance(values, pd.Series):
+            values = values.to_numpy(dtype=object, na_value=None)
+        try:
+            arr = pa.array(values, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError):
+            arr = None
+    if arr is not None and not pa.types.is_nested(arr.type):
+        if pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type):
+            arr = arr.cast(pa.string())
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_decode()
+        return arr, None
+    if arr is not None:  # objects/arrays, no scalars but nulls
+        nested = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        return pa.nulls(len(arr), pa.string()), nested
+    seq = list(values)
+    nested = np.fromiter((v.__class__ is dict or v.__class__ is list for v in seq), dtype=bool, count=len(seq))
+    text = [None if bad else _scalar_text(v) for v, bad in zip(seq, nested)]
+    return pa.array(text, pa.string()), (nested if nested.any() else None)
+
+
+def is_null(values: Any) -> np.ndarray:
+    arr, nested = to_arrow(values)
+    null = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    return null if nested is None else null & ~nested
+
+
+def _valid(arr: pa.Array) -> np.ndarray:
+    return np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _nested_problem(nested: np.ndarray | None, what: str) -> list[Problem]:
+    if nested is None or not nested.any():
+        return []
+    return [Problem(nested, "invalid_type", f"an object/array is not {what}")]
+
+
+def arrow_text(arr: pa.Array) -> pa.Array:
+    """Scalars -> strings, trimmed, "" -> null."""
+    if pa.types.is_null(arr.type):
+        return pa.nulls(len(arr), pa.string())
+    if pa.types.is_boolean(arr.type):
+        arr = pc.if_else(arr, "true", "false")
+    elif pa.types.is_floating(arr.type):
+        # Python's repr (the shortest exact form, as JSON wrote it), not Arrow's formatting
+        arr = pa.array([_scalar_text(v) for v in arr.to_pylist()], pa.string())
+    elif not pa.types.is_string(arr.type):
+        arr = arr.cast(pa.string())
+    arr = pc.utf8_trim_whitespace(arr)
+    return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+
+
+def _series(arr: pa.Array, dtype: Any = None) -> pd.Series:
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return pd.Series(pd.arrays.ArrowExtensionArray(arr)) if dtype is None else pd.Series(arr.to_pandas(), dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------- converters
+
+
+def convert_text(values: Any, **_: Any) -> Converted:
+    arr, nested = to_arrow(values)
+    return Converted(_series(arrow_text(arr)), _nested_problem(nested, "text"))
+
+
+def convert_url(values: Any, **_: Any) -> Converted:
+    arr, nested = to_arrow(values)
+    text = arrow_text(arr)
+    ok = pc.fill_null(pc.match_substring_regex(text, _URL_RE), True)
+    bad = ~np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)
+    problems = _nested_problem(nested, "a URL")
+    if bad.any():
+        problems.append(Problem(bad, "invalid_value", quote(text.filter(pa.array(bad)).to_pylist()) + " is not an http(s) URL"))
+        text = pc.if_else(pa.array(bad), pa.scalar(None, pa.string()), text)
+    return Converted(_series(text), problems)
+
+
+def _as_string(values: pd.Series) -> pd.Series:
+    """Any JSON scalars -> pandas ``string``, stripped; None/NaN/"" -> <NA>."""
+    obj = pd.Series(values, copy=False).astype(object)
+    text = obj.where(obj.notna(), None).astype("string").str.strip()
+    return text.mask(text == "")
+
+
+def normalize_number_text(text: pd.Series) -> pd.Series:
+    """Money strings -> plain "-1234.50" text (unparseable ones stay as they are and fail later).
+
+    The separator that comes last is the decimal one; a lone comma is decimal too, except in
+    "1,234"-shaped values (1-3 digits, comma, exactly three digits), read as a US thousands group.
+    Several dots with no comma ("1.234.567") are thousands groups.
+    """
+    s = text.str.replace(r"[\s\u00a0\u202f'’_]", "", regex=True)
+    s = s.str.replace(r"(?i)^(?:[€$£¥]|EUR|USD|GBP|SAR|ر\.س)|(?:[€$£¥]|EUR|USD|GBP|SAR|ر\.س)$", "", regex=True)
+    commas = s.str.count(",").fillna(0)
+    dots = s.str.count(r"\.").fillna(0)
+    comma_last = (s.str.rfind(",") > s.str.rfind(".")).fillna(False)
+    us_group = s.str.fullmatch(r"[+-]?\d{1,3}(?:,\d{3})+").fillna(False)
+    decimal_comma = ((commas > 0) & (dots > 0) & comma_last) | ((commas == 1) & (dots == 0) & ~us_group)
+    dot_groups = (commas == 0) & (dots > 1)
+    normal = s.str.replace(",", "", regex=False)
+    normal = normal.mask(decimal_comma, s.str.replace(".", "", regex=False).str.replace(",", ".", regex=False))
+    return normal.mask(dot_groups, s.str.replace(".", "", regex=False))
+
+
+def parse_amounts(values: pd.Series) -> pd.Series:
+    """Money strings -> float64 (NaN when unparseable or not finite).
+
+    Accepts "1234.50", "1,234.50", "1234,50", "1.234,50", "€ 19,90" (see :func:`normalize_number_text`).
+    """
+    text = _as_string(values)
+    number = pd.to_numeric(text, errors="coerce").astype("float64")
+    todo = text.notna() & number.isna()  # fast path: plain numbers need no separator handling
+    if todo.any():
+        number[todo] = pd.to_numeric(normalize_number_text(text[todo]), errors="coerce").astype("float64")
+    return number.where(np.isfinite(number))
+
+
+def convert_float(values: Any, **_: Any) -> Converted:
+    """Numbers and money strings -> float64 (the unified schema's ``amount``)."""
+    arr, nested = to_arrow(values)
+    text = _series(arrow_text(arr)).astype(object)
+    text = text.where(text.notna(), None)
+    number = parse_amounts(text)
+    bad = (text.notna() & number.isna()).to_numpy()
+    problems = _nested_problem(nested, "a number")
+    if bad.any():
+        problems.append(Problem(bad, "invalid_type", quote(text[bad].tolist()) + " is not a number"))
+    return Converted(number.astype("float64"), problems)
+
+
+def _decimal_from_text(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Strings -> decimal(38,12) rounded to 4 places, exactly as written; and the not-a-number mask."""
+    plain = pc.fill_null(pc.match_substring_regex(text, _PLAIN_NUMBER_RE), True)
+    if pc.all(plain).as_py() is not False:
+        normal = text  # plain numbers need no separator handling
+    else:
+        strings = _series(text).astype(object)
+        strings = strings.where(strings.notna(), None).astype("string")
+        normal = pa.array(normalize_number_text(strings).to_numpy(dtype=object, na_value=None), pa.string())
+    plain = pc.fill_null(pc.match_substring_regex(normal, _PLAIN_NUMBER_RE), False)
+    bad = _valid(text) & ~np.asarray(plain.to_numpy(zero_copy_only=False), dtype=bool)
+    good = pc.if_else(plain, normal, pa.scalar(None, pa.string()))
+    # more than 12 decimals are cut, not refused: they round away below at 4 places anyway
+    return pc.round(good.cast(pa.decimal128(38, 12), safe=False), 4, round_mode=_HALF_UP), bad
+
+
+def convert_decimal(values: Any, **_: Any) -> Converted:
+    """Numbers, numeric strings ("1,234.50", "19,90") and money objects' amounts -> decimal(18,4).
+
+    JSON numbers arrive as floats; a float's nearest 4-place decimal is the number the JSON wrote
+    (for up to 15 significant digits), so the result is exact for money. Strings convert exactly.
+    """
+    arr, nested = to_arrow(values)
+    problems = _nested_problem(nested, "a number")
+    n = len(arr)
+    not_number = np.zeros(n, dtype=bool)
+    dropped = np.zeros(n, dtype=bool)  # numbers nulled for their size before the cast
+    if pa.types.is_null(arr.type) or n == 0:
+        return Converted(_series(pa.nulls(n, DECIMAL_TYPE)), problems)
+    if pa.types.is_boolean(arr.type):
+        not_number = _valid(arr)
+        wide = pa.nulls(n, pa.decimal128(38, 12))
+    elif pa.types.is_decimal(arr.type):
+        wide = pc.round(arr.cast(pa.decimal128(38, 12), safe=False), 4, round_mode=_HALF_UP)
+    elif pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+        number = arr.cast(pa.float64())
+        # out-of-range and non-finite values are nulled before the cast, which would refuse them
+        keep = pc.fill_null(pc.and_(pc.is_finite(number), pc.less(pc.abs(number), float(_DECIMAL_LIMIT))), False)
+        not_number = _valid(arr) & ~np.asarray(pc.fill_null(pc.is_finite(number), True).to_numpy(zero_copy_only=False), dtype=bool)
+        dropped = _valid(arr) & ~np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool) & ~not_number
+        if pa.types.is_integer(arr.type):
+            wide = pc.if_else(keep, arr, pa.scalar(None, arr.type)).cast(pa.decimal128(38, 12))
+        else:
+            wide = pc.round(pc.if_else(keep, number, pa.scalar(None, pa.float64())).cast(pa.decimal128(38, 12)), 4, round_mode=_HALF_UP)
+    else:
+        wide, not_number = _decimal_from_text(arrow_text(arr))
+    if not_number.any():
+        problems.append(Problem(not_number, "invalid_type", quote(_bad_values(arr, not_number, values)) + " is not a number"))
+    limit = pa.scalar(Decimal(_DECIMAL_LIMIT), pa.decimal128(38, 12))
+    too_big = np.asarray(pc.fill_null(pc.greater_equal(pc.abs(wide), limit), False).to_numpy(zero_copy_only=False), dtype=bool)
+    too_big |= dropped
+    if too_big.any():
+        problems.append(Problem(too_big, "invalid_value", quote(_bad_values(arr, too_big, values)) + " is out of range for decimal(18,4)"))
+        wide = pc.if_else(pa.array(too_big), pa.scalar(None, wide.type), wide)
+    return Converted(_series(wide.cast(DECIMAL_TYPE)), problems)
+
+
+def _bad_values(arr: pa.Array, mask: np.ndarray, original: Any = None) -> list:
+    """The failing values for messages: as the JSON had them when the raw sequence is at hand."""
+    if original is not None and not isinstance(original, (pa.Array, pa.ChunkedArray, pd.Series)):
+        rows = np.flatnonzero(mask)
+        return [original[i] for i in rows]
+    return arr.filter(pa.array(mask)).to_pylist()
+
+
+def convert_integer(values: Any, *, min: float | None = None, **_: Any) -> Converted:
+    """Whole numbers (also "1,234" or "2.0") -> Int64."""
+    arr, nested = to_arrow(values)
+    text = _series(arrow_text(arr)).astype(object)
+    text = text.where(text.notna(), None)
+    number = parse_amounts(text)
+    present = text.notna()
+    problems = _nested_problem(nested, "an integer")
+
+    def problem(mask: pd.Series, error_type: str, reason: str) -> None:
+        mask = mask.fillna(False).to_numpy(dtype=bool)
+        if mask.any():
+            problems.append(Problem(mask, error_type, quote(text[mask].tolist()) + reason))
+
+    not_number = present & number.isna()
+    problem(not_number, "invalid_type", " is not an integer")
+    fractional = present & number.notna() & (number != np.floor(number))
+    problem(fractional, "invalid_value", " is not a whole number")
+    below = present & number.notna() & ~fractional & (number < min) if min is not None else pd.Series(False, index=text.index)
+    problem(below, "invalid_value", f" must be >= {min:g}" if min is not None else "")
+    too_big = present & number.notna() & (number.abs() > _MAX_INT64)
+    problem(too_big, "invalid_value", " is too large")
+    usable = number.where(~(fractional | below | too_big))
+    return Converted(usable.round().astype("Int64"), problems)
+
+
+def _zone_ok(zone: str) -> bool:
+    try:
+        pd.Timestamp("2000-01-01").tz_localize(zone)
+    except Exception:  # unknown zone names raise several exception types
+        return False
+    return True
+
+
+def parse_timestamps(values: pd.Series, *, dayfirst: bool = False, date_format: str | None = None) -> pd.Series:
+    """Strings -> ``datetime64[us, UTC]``; unparseable or empty -> NaT. Naive times are taken as UTC.
+
+    Tiered so the common case stays vectorised: ISO-8601 first (never reordered by ``dayfirst``,
+    which dateutil would do to "2024-11-01"), then one inferred format for the rest, and only what
+    is still left goes element by element (``format="mixed"``).
+    """
+    text = _as_string(values).astype(object)
+    text = text.where(text.notna(), None)
+    out = pd.Series(pd.NaT, index=text.index, dtype=TS_DTYPE)
+    if text.isna().all():
+        return out
+    with warnings.catch_warnings():
+        # "Could not infer format..." and dayfirst hints are expected for mixed inputs.
+        warnings.simplefilter("ignore", UserWarning)
+        if date_format:
+            attempts = [{"format": date_format}]
+        else:
+            attempts = [{"format": "ISO8601"}, {"dayfirst": dayfirst}, {"format": "mixed", "dayfirst": dayfirst}]
+        for kwargs in attempts:
+            rest = out.isna() & text.notna()
+            if not rest.any():
+                break
+            try:
+                parsed = pd.to_datetime(text[rest], errors="coerce", utc=True, **kwargs)
+            except (ValueError, TypeError, OverflowError):  # e.g. an inferred format that cannot apply
+                continue
+            out[rest] = parsed.astype(TS_DTYPE)
+    return out
+
+
+def _localize(wall: pd.Series, zones: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """UTC-tagged wall-clock times -> the same wall time in each row's zone, in UTC; bad zones flagged."""
+    naive = wall.dt.tz_localize(None)
+    out = wall.copy()
+    bad_zone = np.zeros(len(wall), dtype=bool)
+    for zone in pd.unique(zones.dropna()):
+        rows = (zones == zone).to_numpy(dtype=bool)
+        if zone in ("UTC", "Z", "Etc/UTC"):
+            continue
+        if not _zone_ok(zone):
+            bad_zone |= rows & wall.notna().to_numpy()
+            out[rows] = pd.NaT
+            continue
+        local = naive[rows].dt.tz_localize(zone, ambiguous="NaT", nonexistent="shift_forward")
+        out[rows] = local.dt.tz_convert("UTC").astype(TS_DTYPE)
+    return out, bad_zone
+
+
+def _arrow_times(text: pa.Array, aware: np.ndarray, zones: pa.Array | None, timezone: str) -> pa.Array | None:
+    """The fast path: ISO-8601 strings parsed by Arrow's cast, naive ones placed in their zone.
+    None when any string is not Arrow's ISO-8601 (the tiered pandas parser then takes over)."""
+    utc = pa.timestamp("us", "UTC")
+    try:
+        if aware.all():
+            return text.cast(utc)
+        naive = pc.if_else(pa.array(aware), pa.scalar(None, pa.string()), text).cast(pa.timestamp("us"))
+        offset = pc.if_else(pa.array(aware), text, pa.scalar(None, pa.string())).cast(utc) if aware.any() else None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    zone_of = zones if zones is not None else pa.nulls(len(text), pa.string())
+    zone_of = pc.fill_null(zone_of, timezone)
+    out = pa.nulls(len(text), utc)
+    for zone in pc.unique(zone_of).to_pylist():
+        rows = pc.equal(zone_of, zone)
+        if not _zone_ok(zone):
+            return None  # the pandas path reports the bad zone per row
+        local = pc.assume_timezone(naive, timezone=zone, ambiguous="earliest", nonexistent="earliest").cast(utc)
+        out = pc.if_else(rows, local, out)
+    return out if offset is None else pc.coalesce(offset, out)
+
+
+def convert_timestamp(
+    values: Any,
+    *,
+    zones: Any = None,
+    timezone: str | None = None,
+    dayfirst: bool = False,
+    format: str | None = None,
+    unit: str | None = None,
+    **_: Any,
+) -> Converted:
+    """ISO-8601 (with or without offset), "Y-m-d H:i:s", date-only, other formats, epoch numbers -> UTC.
+
+    A time without an offset is in ``zones`` (the row's zone, e.g. a sibling ``timezone`` field)
+    or else ``timezone`` (the configured zone; UTC when none). JSON numbers are epoch seconds (or
+    ``unit``); digit strings are too when ``unit`` is given.
+    """
+    arr, nested = to_arrow(values)
+    problems = _nested_problem(nested, "a date/time")
+    n = len(arr)
+    timezone = timezone or "UTC"
+    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+        number = pd.Series(arr.cast(pa.float64()).to_numpy(zero_copy_only=False))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out = pd.to_datetime(number, unit=unit or "s", utc=True, errors="coerce").astype(TS_DTYPE)
+        bad = (number.notna() & out.isna()).to_numpy()
+        if bad.any():
+            problems.append(Problem(bad, "invalid_type", quote(_bad_values(arr, bad)) + " is not a valid date/time"))
+        return Converted(out, problems)
+    text_arr = arrow_text(arr)
+    zone_arr = arrow_text(to_arrow(zones)[0]) if zones is not None else None
+    aware = np.asarray(pc.fill_null(pc.match_substring_regex(text_arr, _AWARE_RE), False).to_numpy(zero_copy_only=False), dtype=bool)
+    if not (format or dayfirst or unit):
+        fast = _arrow_times(text_arr, aware, zone_arr, timezone)
+        if fast is not None:
+            return Converted(pd.Series(fast.to_pandas(), dtype=TS_DTYPE), problems)
+    text = _series(text_arr).astype(object)
+    text = text.where(text.notna(), None)
+    digits = pc.fill_null(pc.match_substring_regex(text_arr, r"^\d{9,13}(?:\.\d+)?$"), False)
+    epoch = np.asarray(digits.to_numpy(zero_copy_only=False), dtype=bool)
+    if not unit and epoch.any():
+        # digit strings are epoch times only with a unit; JSON numbers (in a column mixing types) always
+        raw = values.to_numpy(dtype=object) if isinstance(values, pd.Series) else values
+        epoch[epoch] = [isinstance(raw[i], (int, float)) and not isinstance(raw[i], bool) for i in np.flatnonzero(epoch)] \
+            if not isinstance(raw, (pa.Array, pa.ChunkedArray)) else False
+    unit = unit or "s"
+    out = parse_timestamps(text.where(~epoch, None), dayfirst=dayfirst, date_format=format)
+    if epoch.any():
+        out[epoch] = pd.to_datetime(pd.to_numeric(text[epoch]), unit=unit, utc=True).astype(TS_DTYPE)
+    naive = out.notna().to_numpy() & ~aware & ~epoch
+    bad_zone = np.zeros(n, dtype=bool)
+    zone_of = pd.Series(timezone, index=out.index, dtype=object)
+    if zone_arr is not None:
+        row_zones = _series(zone_arr).astype(object)
+        zone_of = row_zones.where(row_zones.notna(), zone_of)
+    if naive.any() and (zone_arr is not None or timezone != "UTC"):
+        local, bad = _localize(out[naive], zone_of[naive])
+        out[naive] = local
+        bad_zone[np.flatnonzero(naive)] = bad
+    bad = (text.notna() & out.isna()).to_numpy() & ~bad_zone
+    if bad.any():
+        problems.append(Problem(bad, "invalid_type", quote(text[bad].tolist()) + " is not a valid date/time"))
+    if bad_zone.any():
+        problems.append(Problem(bad_zone, "invalid_value", quote(zone_of[bad_zone].tolist()) + " is not a known time zone"))
+    return Converted(out.astype(TS_DTYPE), problems)
+
+
+CONVERTERS = {
+    "text": convert_text,
+    "url": convert_url,
+    "decimal": convert_decimal,
+    "number": convert_float,
+    "integer": convert_integer,
+    "timestamp": convert_timestamp,
+}
+
+OUTPUT_DTYPES = {
+    "text": TEXT_DTYPE,
+    "url": TEXT_DTYPE,
+    "decimal": DECIMAL_DTYPE,
+    "number": "float64",
+    "integer": "Int64",
+    "timestamp": TS_DTYPE,
+}
+
+
+def enum_map(
+    values: Any, mapping: dict[str, str], *, default: str | None, case_insensitive: bool = True
+) -> tuple[pa.Array, Problem | None]:
+    """Map text values through ``mapping``; unmapped ones -> ``default``, or a problem when there is none."""
+    arr, nested = to_arrow(values)
+    text = arrow_text(arr)
+    keys = list(mapping)
+    probe = pc.utf8_lower(text) if case_insensitive else text
+    lookup = pa.array([k.lower() for k in keys] if case_insensitive else keys, pa.string())
+    index = pc.index_in(probe, value_set=lookup)
+    mapped = pc.take(pa.array([mapping[k] for k in keys], pa.string()), index)
+    unmapped = pc.and_(pc.is_valid(text), pc.is_null(index))
+    problem = None
+    if default is not None:
+        mapped = pc.if_else(unmapped, pa.scalar(default, pa.string()), mapped)
+        if nested is not None:
+            mapped = pc.if_else(pa.array(nested), pa.scalar(default, pa.string()), mapped)
+    else:
+        bad = np.asarray(unmapped.to_numpy(zero_copy_only=False), dtype=bool)
+        if bad.any():
+            shown = ", ".join(repr(k) for k in keys[:8]) + (", ..." if len(keys) > 8 else "")
+            problem = Problem(bad, "invalid_value", quote(text.filter(pa.array(bad)).to_pylist()) + f" is not one of {shown}")
+    return mapped, problem
+
+
+def fill_default(values: Any, default: Any) -> Any:
+    """Null values -> ``default`` (a JSON scalar, converted later with the rest)."""
+    arr, nested = to_arrow(values)
+    if nested is not None:
+        return values  # objects stay as they are and fail conversion
+    if pa.types.is_null(arr.type):
+        return pa.array([default] * len(arr))
+    try:
+        return pc.fill_null(arr, pa.scalar(default).cast(arr.type))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        # a default of another JSON type than the column's: both become text
+        return pc.fill_null(arrow_text(arr), pa.scalar(_scalar_text(default), pa.string()))
