@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -165,8 +166,12 @@ def demo(start: str, end: str) -> None:
                   **supervisor.tags},
             raise_on_error=False,
         )
+        results = [result]
+        if result.success:
+            results += _run_api_sources(instance, definitions, store, start, end, supervisor.tags)
         # the raw steps land records of days outside the range too; run those days as the sensor would
-        results = [result, *(_run_late_ranges(instance, definitions, store) if result.success else [])]
+        if all(r.success for r in results):
+            results += _run_late_ranges(instance, definitions, store)
         checks = [
             (e.asset_check_key.asset_key.to_user_string(), e.asset_check_key.name, e.passed)
             for r in results
@@ -182,6 +187,29 @@ def demo(start: str, end: str) -> None:
     )
     if not all(r.success for r in results) or not all(passed for *_, passed in checks):
         sys.exit(1)
+
+
+def _print_entities(store, settings: Settings) -> None:
+    """Orders, lines, customers and products per API source, in core and in the warehouse."""
+    from kingtavo_pipeline.storage.clickhouse import open_clickhouse
+
+    rows = store.fetch_all(
+        "SELECT source_type, source_name, "
+        "(SELECT count(*) FROM orders o WHERE o.source_type = s.source_type AND o.source_name = s.source_name), "
+        "(SELECT count(*) FROM order_lines l WHERE l.source_type = s.source_type AND l.source_name = s.source_name), "
+        "(SELECT count(*) FROM customers c WHERE c.source_type = s.source_type AND c.source_name = s.source_name), "
+        "(SELECT count(*) FROM products p WHERE p.source_type = s.source_type AND p.source_name = s.source_name) "
+        "FROM (SELECT source_type, source_name FROM orders UNION SELECT source_type, source_name FROM customers "
+        "      UNION SELECT source_type, source_name FROM products) s ORDER BY 1, 2")
+    if not rows:
+        return
+    click.echo("API sources in core (orders, order lines, customers, products):")
+    for source_type, name, orders, lines, customers, products in rows:
+        click.echo(f"  {source_type + '/' + name:<20} {orders:>7} {lines:>7} {customers:>7} {products:>7}")
+    with open_clickhouse(settings) as client:
+        fact = client.query("SELECT count(), uniqExact(source_type, source_name, merchant_id, order_source_id) "
+                            "FROM orders_fact FINAL").result_rows[0]
+    click.echo(f"ClickHouse orders_fact: {fact[0]} line rows of {fact[1]} orders")
 
 
 def _print_dead_letters(store) -> None:
@@ -259,10 +287,96 @@ def _print_summary(settings: Settings, store, start: str, end: str, checks) -> N
         ).result_rows
     click.echo("Rows in ClickHouse:")
     click.echo(f"  {'unified_items':<16} {rows:>8}   " + ", ".join(f"{d}: {n}" for d, n in per_day))
+    _print_entities(store, settings)
     _print_dead_letters(store)
     click.echo("Asset checks:" + ("" if checks else " none ran"))
     for asset, name, passed in checks:
         click.echo(f"  {'PASS' if passed else 'FAIL'}  {asset} {name}")
+
+
+# --- API sources in the demo: the sandbox stands in for Printavo and Salla -------------------------
+
+SANDBOX_ADDRESS = ("127.0.0.1", 8765)
+
+
+def _sandbox_sources(sources) -> list:
+    """API sources pointed at the sandbox's default address (the packaged sources file's)."""
+    host, port = SANDBOX_ADDRESS
+    return [s for s in sources.api() if s.base_url.startswith(f"http://{host}:{port}/")]
+
+
+def _run_api_sources(instance, definitions, store, start: str, end: str, tags: dict) -> list:
+    """Start the sandbox when API sources point at it, then pull them for the days: Printavo (and
+    other daily API sources) in one range run with core and the warehouse, Salla per merchant and
+    day. Returns the run results."""
+    import datetime as dt
+
+    import dagster as dg
+
+    from kingtavo_pipeline.defs.ingest.assets import SOURCES
+
+    if not SOURCES.api():
+        return []
+    from kingtavo_pipeline.sandbox import Sandbox, SandboxConfig
+
+    first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    sandboxed = _sandbox_sources(SOURCES)
+    results = []
+    with contextlib.ExitStack() as stack:
+        if sandboxed:
+            box = Sandbox(SandboxConfig(today=last, days=(last - first).days + 8, salla_merchants=2,
+                                        salla_requests_per_minute=6000, printavo_requests=1000))
+            host, port = SANDBOX_ADDRESS
+            base = stack.enter_context(box.running(host, port))
+            click.echo(f"Sandbox Printavo and Salla APIs at {base} (seeded; `kingtavo sandbox` runs it alone)")
+            _sandbox_credentials(box, store, instance, [s for s in sandboxed if s.source_type == "salla"])
+        run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        names = {j.name for j in definitions.resolve_all_job_defs()}
+        if "api_sources_job" in names:
+            click.echo(f"Running api_sources_job over partitions {start}..{end} ...")
+            results.append(definitions.resolve_job_def("api_sources_job").execute_in_process(
+                instance=instance, run_config=run_config, raise_on_error=False,
+                tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end,
+                      **tags}))
+        if "salla_job" in names:
+            from kingtavo_pipeline.defs.ingest.api import SALLA_MERCHANTS
+
+            merchants = instance.get_dynamic_partitions(SALLA_MERCHANTS.name)
+            click.echo(f"Running salla_job for merchants {', '.join(merchants)} over {start}..{end} ...")
+            job = definitions.resolve_job_def("salla_job")
+            day = first
+            while day <= last:
+                for merchant in merchants:
+                    key = dg.MultiPartitionKey({"date": day.isoformat(), "merchant": merchant})
+                    results.append(job.execute_in_process(instance=instance, run_config=run_config,
+                                                          partition_key=key, raise_on_error=False, tags=tags))
+                day += dt.timedelta(days=1)
+    return results
+
+
+def _sandbox_credentials(box, store, instance, salla_sources) -> None:
+    """The sandbox's credentials where the sources file expects them: env vars, and Salla's token
+    pairs in source_credentials (encrypted) for its merchants, registered as partitions."""
+    from kingtavo_pipeline.defs.ingest.api import SALLA_MERCHANTS
+    from kingtavo_pipeline.defs.ingest.assets import SOURCES
+    from kingtavo_pipeline.storage.credentials import save_credentials
+
+    creds = box.credentials
+    for source in SOURCES.printavo:
+        os.environ.setdefault(source.email_env, creds.printavo_email)
+        os.environ.setdefault(source.token_env, creds.printavo_token)
+    merchants = []
+    for source in salla_sources:
+        os.environ.setdefault(source.client_id_env, creds.salla_client_id)
+        os.environ.setdefault(source.client_secret_env, creds.salla_client_secret)
+        for merchant in creds.salla_merchants:
+            if source.merchants and merchant.merchant_id not in source.merchants:
+                continue
+            save_credentials(store, "salla", source.name, merchant.merchant_id, merchant.access_token,
+                             merchant.refresh_token, 14 * 24 * 3600)
+            merchants.append(merchant.merchant_id)
+    if merchants:
+        instance.add_dynamic_partitions(SALLA_MERCHANTS.name, sorted(set(merchants)))
 
 
 # --- late records and dead letters -------------------------------------------------------------

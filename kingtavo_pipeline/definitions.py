@@ -16,13 +16,17 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 from kingtavo_pipeline.defs import resources, schedules  # noqa: E402
 from kingtavo_pipeline.defs.core import assets as core  # noqa: E402
+from kingtavo_pipeline.defs.core import entities as core_entities  # noqa: E402
 from kingtavo_pipeline.defs.core import sensors as core_sensors  # noqa: E402
+from kingtavo_pipeline.defs.ingest import api as ingest_api  # noqa: E402
 from kingtavo_pipeline.defs.ingest import assets as ingest  # noqa: E402
 from kingtavo_pipeline.defs.warehouse import assets as warehouse  # noqa: E402
+from kingtavo_pipeline.defs.warehouse import entities as warehouse_entities  # noqa: E402
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions.merge(
-        resources.defs(), ingest.defs(), core.defs(), core_sensors.defs(), warehouse.defs(), schedules.defs()
+        resources.defs(), ingest.defs(), ingest_api.defs(), core.defs(), core_entities.defs(), core_sensors.defs(),
+        warehouse.defs(), warehouse_entities.defs(), schedules.defs()
     )

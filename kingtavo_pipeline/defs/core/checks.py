@@ -24,6 +24,7 @@ WITH newest AS (
     SELECT source_type, source_name, source_id, max(observed_seq) AS seq
     FROM raw_data
     WHERE partition_date >= %(start)s AND partition_date < %(end)s
+      AND source_type IN ('csv', 'rss')  -- the sources unified_items holds; API records go to the entity tables
     GROUP BY 1, 2, 3
 ), failed AS (
     SELECT d.source_type, d.source_name, d.source_id, max(r.observed_seq) AS seq

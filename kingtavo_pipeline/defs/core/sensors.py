@@ -19,7 +19,8 @@ from kingtavo_pipeline.transform.late import LateRange, PendingDay, plan_late_ru
 
 late_records_job = dg.define_asset_job(
     name="late_records_job",
-    selection=dg.AssetSelection.assets(["core", "unified_items"], ["warehouse", "unified_items"]),
+    # every core and warehouse asset: a day's untaken records may belong to any source
+    selection=dg.AssetSelection.groups("core", "warehouse"),
     description="Map the records that landed after their day was processed into core and copy the days to the warehouse.",
 )
 

@@ -37,6 +37,10 @@ from kingtavo_pipeline.storage.bookkeeping import (
 from kingtavo_pipeline.storage.errors import redact_url
 
 OWNER = "team:data-integrations"
+# A batch may carry an API's resume position in ``frame.attrs``: stored as the checkpoint of
+# ``<entity>:changes`` in the batch's own transaction.
+RESUME_CHECKPOINT = "resume_checkpoint"
+CHANGES_SUFFIX = ":changes"
 
 
 def configured_sources() -> SourcesConfig:
@@ -60,6 +64,7 @@ def land_source(
     source: CsvSource | RssSource,
     batches: Iterable[pd.DataFrame],
     fingerprint: Callable[[], str] | None = None,
+    asset_key: str | None = None,
 ) -> dg.MaterializeResult:
     """Land every dated record the source delivers, in whatever day it belongs to.
 
@@ -68,7 +73,10 @@ def land_source(
     sensor finds it. Records dated before the first partition and records without a
     usable date go to ``dead_letters``.
     """
-    start, end = utc_window(context)
+    partitioned = context.has_partition_key or context.has_partition_key_range
+    # an unpartitioned pull (incremental changes) has no window: everything it lands is "outside"
+    start, end = utc_window(context) if partitioned else (pd.Timestamp.max.tz_localize("UTC"),) * 2
+    asset_key = asset_key or context.asset_key.to_user_string()
     first_day = pd.Timestamp(FIRST_DAY, tz="UTC")
     store = postgres.store()
     run_id = context.run.run_id
@@ -83,8 +91,8 @@ def land_source(
     now_as = fingerprint() if fingerprint else None
     if now_as is not None and now_as == landed_as and not retrying:
         return unchanged_source(context, store, source_type, source, start, end)
-    with etl_run(store, run_id=run_id, asset_key=context.asset_key.to_user_string(),
-                 partition_key=partition_label(context)) as counts:
+    with etl_run(store, run_id=run_id, asset_key=asset_key,
+                 partition_key=partition_label(context) if partitioned else None) as counts:
         for frame in batches:
             counts.extracted += len(frame)
             occurred = frame["occurred_at"]
@@ -125,6 +133,11 @@ def land_source(
                     # the source's high-water mark moves with the rows it covers, in their transaction
                     set_checkpoint(conn, source_type, source.name, source.entity,
                                    occurred[keep].max().isoformat(), landed.observed, monotonic=True)
+                resume = frame.attrs.get(RESUME_CHECKPOINT)
+                if resume is not None:
+                    # an API's resume position (incremental pulls), committed with the page it follows
+                    set_checkpoint(conn, source_type, source.name, f"{source.entity}{CHANGES_SUFFIX}",
+                                   resume, landed.observed)
             new_records += landed.observed
             window = occurred[keep]
             in_window += int(((window >= start) & (window < end)).sum())
