@@ -1,0 +1,158 @@
+"""Data-quality monitoring of every layer: standalone asset checks, freshness, scores and alerts.
+
+What is checked is declared here (which columns, rules, keys); how strictly is the quality file's
+business (``kingtavo_pipeline/quality.yaml`` or ``KINGTAVO_QUALITY_FILE``). Checks of the raw
+sources come from the sources file, so a new CSV or feed source gets its checks without code.
+
+Checks embedded elsewhere and kept as they are: ``core_reflects_raw`` (in the core asset: raw ->
+core reconciliation) and ``row_count_matches_core`` (``defs/warehouse/checks.py``: core ->
+warehouse row counts, built with the same factories).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from functools import cache
+
+import dagster as dg
+
+from kingtavo_pipeline.defs.ingest.assets import SOURCES
+from kingtavo_pipeline.defs.quality.checks import (
+    QualityCheck,
+    build_checks,
+    completeness_check,
+    enabled_checks,
+    money_check,
+    schema_drift_check,
+    sql_rule_check,
+    uniqueness_check,
+    validity_check,
+    reconciliation_check,
+    volume_check,
+)
+from kingtavo_pipeline.defs.quality.scores import SCORES_KEY, build_scores_asset
+from kingtavo_pipeline.defs.quality.sensors import build_monitor_sensor
+from kingtavo_pipeline.quality.config import QualityConfig, load_quality_config
+from kingtavo_pipeline.quality.rules import NotInFuture, OneOf, SqlRule, sql_literal
+
+CORE_ITEMS = dg.AssetKey(["core", "unified_items"])
+WAREHOUSE_ITEMS = dg.AssetKey(["warehouse", "unified_items"])
+ITEM_KEY = ("source_type", "source_name", "external_id")
+SOURCE_TYPES = ("csv", "rss", "rest", "printavo", "salla", "strapi")
+FRESHNESS_SENSOR = "quality_freshness"
+
+# Lineage consistency: a core row names the raw observation it came from, of the same record.
+CORE_ROW_HAS_RAW_RECORD = SqlRule(
+    "core_row_has_raw_record",
+    """SELECT u.partition_date, u.source_name || '/' || u.external_id AS key
+       FROM unified_items u
+       WHERE u.partition_date >= %(start)s AND u.partition_date < %(end)s
+         AND NOT EXISTS (SELECT 1 FROM raw_data r
+                         WHERE r.id = u.raw_data_id AND r.source_type = u.source_type
+                           AND r.source_name = u.source_name AND r.source_id = u.source_id)""",
+    description="every core row points at the raw observation (raw_data) of the same record it was mapped from",
+)
+
+
+def raw_source_checks() -> list[QualityCheck]:
+    """Schema drift and landed volume for every configured CSV and feed source."""
+    checks: list[QualityCheck] = []
+    for source in SOURCES.all():
+        key = dg.AssetKey(["raw", source.source_type, source.name])
+        where = f"source_type = {sql_literal(source.source_type)} AND source_name = {sql_literal(source.name)}"
+        checks.append(schema_drift_check(key, source.source_type, source.name,
+                                         {field: None for field in source.field_map.values()}))
+        checks.append(volume_check(key, "raw_data", where=where, count_expr="count(DISTINCT source_id)"))
+    return checks
+
+
+def core_item_checks() -> list[QualityCheck]:
+    keys = ("source_name", "external_id")
+    return [
+        # amount and category are mapped by every CSV source; feeds carry neither
+        completeness_check(CORE_ITEMS, "unified_items", ["category", "amount"], where="source_type = 'csv'",
+                           key_columns=keys),
+        validity_check(CORE_ITEMS, "unified_items", [NotInFuture("published_at"), OneOf("source_type", SOURCE_TYPES)],
+                       key_columns=keys),
+        money_check(CORE_ITEMS, "unified_items", ["amount"], key_columns=keys),
+        sql_rule_check(CORE_ITEMS, CORE_ROW_HAS_RAW_RECORD),
+        volume_check(CORE_ITEMS, "unified_items", money_columns=["amount"]),
+    ]
+
+
+def warehouse_item_checks() -> list[QualityCheck]:
+    return [
+        uniqueness_check(WAREHOUSE_ITEMS, "unified_items", ITEM_KEY),
+        reconciliation_check(WAREHOUSE_ITEMS, "unified_items", "unified_items", money_columns=["amount"],
+                             compare_counts=False, name="amount_sum_matches_core"),
+    ]
+
+
+def all_checks() -> dict[str, list[QualityCheck]]:
+    """Op name -> the checks it runs (one step per layer keeps runs short)."""
+    return {
+        "raw_quality_checks": raw_source_checks(),
+        "core_unified_items_quality_checks": core_item_checks(),
+        "warehouse_unified_items_quality_checks": warehouse_item_checks(),
+    }
+
+
+def freshness_checks(config: QualityConfig, asset_keys: list[dg.AssetKey]) -> list[dg.AssetChecksDefinition]:
+    """Dagster's freshness checks, per rule of the quality file (the first matching rule wins)."""
+    groups: dict[int, list[dg.AssetKey]] = {}
+    for key in asset_keys:
+        rule = config.freshness_for(key.to_user_string())
+        if rule is not None:
+            groups.setdefault(config.freshness.index(rule), []).append(key)
+    built: list[dg.AssetChecksDefinition] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the builders are marked superseded by FreshnessPolicy; chosen on purpose
+        for index, keys in sorted(groups.items()):
+            rule = config.freshness[index]
+            severity = dg.AssetCheckSeverity.ERROR if rule.severity == "ERROR" else dg.AssetCheckSeverity.WARN
+            if rule.deadline_cron:
+                built.extend(dg.build_time_partition_freshness_checks(
+                    assets=keys, deadline_cron=rule.deadline_cron, timezone="UTC", severity=severity))
+            else:
+                built.extend(dg.build_last_update_freshness_checks(
+                    assets=keys, lower_bound_delta=dt.timedelta(minutes=rule.max_lag_minutes), severity=severity))
+    return built
+
+
+@cache
+def quality_definitions() -> tuple[dg.Definitions, tuple[dg.AssetChecksDefinition, ...]]:
+    """(the definitions, the freshness checks among them); built once per process."""
+    config = load_quality_config()
+    groups = all_checks()
+    known: dict[str, set[str]] = {}
+    for checks in groups.values():
+        for check in checks:
+            known.setdefault(check.asset_key.to_user_string(), set()).add(check.name)
+    known.setdefault(WAREHOUSE_ITEMS.to_user_string(), set()).add("row_count_matches_core")
+    config.check_known(known)
+    asset_checks = [build_checks(name, checks, config) for name, checks in groups.items() if enabled_checks(checks, config)]
+    monitored = [dg.AssetKey(["raw", s.source_type, s.name]) for s in SOURCES.all()] + [CORE_ITEMS, WAREHOUSE_ITEMS]
+    fresh = freshness_checks(config, monitored)
+    sensors = [build_monitor_sensor(config)]
+    if fresh:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # superseded by FreshnessPolicy, like the builders above
+            sensors.append(dg.build_sensor_for_freshness_checks(
+                freshness_checks=fresh, minimum_interval_seconds=300, name=FRESHNESS_SENSOR,
+                default_status=dg.DefaultSensorStatus.RUNNING))
+    definitions = dg.Definitions(assets=[build_scores_asset(config)], asset_checks=[*asset_checks, *fresh], sensors=sensors)
+    return definitions, tuple(fresh)
+
+
+def defs() -> dg.Definitions:
+    return quality_definitions()[0]
+
+
+def freshness_check_defs() -> tuple[dg.AssetChecksDefinition, ...]:
+    """The freshness checks: for a job selection that should leave them to their sensor
+    (``selection - dg.AssetSelection.checks(*freshness_check_defs())``)."""
+    return quality_definitions()[1]
+
+
+__all__ = ["SCORES_KEY", "defs", "freshness_check_defs", "quality_definitions"]
