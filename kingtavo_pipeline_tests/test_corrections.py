@@ -163,7 +163,9 @@ def test_late_records_are_picked_up_by_the_sensor(store, clickhouse, tmp_path, m
     assert meta["partitions_with_new_records_outside_window"].value == {"2024-11-01": 1}
 
     instance = dg.DagsterInstance.ephemeral()
-    context = dg.build_sensor_context(instance=instance, resources=orders.resources)
+    # the sensor needs the store only (the IO managers' nested resources make the whole set a context manager)
+    sensor_resources = {"postgres": orders.resources["postgres"]}
+    context = dg.build_sensor_context(instance=instance, resources=sensor_resources)
     requests = list(late_records_sensor(context))
     assert [(r.partition_key_range.start, r.partition_key_range.end) for r in requests] == [
         ("2024-11-01", "2024-11-01")
@@ -175,7 +177,7 @@ def test_late_records_are_picked_up_by_the_sensor(store, clickhouse, tmp_path, m
     orders.downstream(r.start, r.end)
     assert store.fetch_value("SELECT title FROM unified_items WHERE external_id = '2'") == "late beta"
     assert clickhouse.query("SELECT count() FROM unified_items FINAL WHERE partition_date = '2024-11-01'").result_rows == [(2,)]
-    again = late_records_sensor(dg.build_sensor_context(instance=instance, resources=orders.resources))
+    again = late_records_sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources))
     assert isinstance(again, dg.SkipReason)
 
 

@@ -26,7 +26,8 @@ def test_every_asset_is_described_owned_grouped_and_partitioned():
     checks = {k.name for k in graph.asset_check_keys}
     assert {"core_reflects_raw", "row_count_matches_core"} <= checks
     assert definitions.resolve_job_def("unified_items_job") is not None
-    assert [s.name for s in definitions.schedules] == ["unified_items_job_schedule"]
+    assert sorted(s.name for s in definitions.schedules) == [
+        "api_changes_job_schedule", "api_sources_job_schedule", "salla_daily", "unified_items_job_schedule"]
 
 
 def test_warehouse_steps_are_in_the_clickhouse_pool():
