@@ -50,17 +50,23 @@ class WarehouseConfig(dg.Config):
 
 CORE_DAYS = """SELECT partition_date, count(*), max(row_version) FROM unified_items
                WHERE partition_date >= %s AND partition_date < %s GROUP BY 1"""
-WAREHOUSE_DAYS = """SELECT partition_date, count(), max(_version) FROM unified_items FINAL
-                    WHERE partition_date >= {start:Date} AND partition_date < {end:Date} GROUP BY 1"""
+WAREHOUSE_DAYS = """SELECT partition_date, count(), max(_version) FROM {table} FINAL
+                    WHERE partition_date >= {{start:Date}} AND partition_date < {{end:Date}} GROUP BY 1"""
+
+
+def warehouse_day_versions(clickhouse: ClickHouseResource, table: str, start, end) -> dict:
+    """``{day: (rows, newest _version)}`` of a warehouse table after FINAL (one thread: bounded memory)."""
+    with clickhouse.open() as client:
+        rows = client.query(WAREHOUSE_DAYS.format(table=table), parameters={"start": start, "end": end},
+                            settings={"max_threads": 1}).result_rows
+    return {day: (int(n), int(v)) for day, n, v in rows}
 
 
 def day_versions(store, clickhouse: ClickHouseResource, start, end) -> tuple[dict, dict]:
     """``{day: (rows, newest row version)}`` in core and in the warehouse. Core's row version grows
     with every accepted change, so equal pairs mean the day is already copied as core holds it."""
     core = {day: (int(n), int(v)) for day, n, v in store.fetch_all(CORE_DAYS, (start, end))}
-    with clickhouse.open() as client:
-        rows = client.query(WAREHOUSE_DAYS, parameters={"start": start, "end": end}).result_rows
-    return core, {day: (int(n), int(v)) for day, n, v in rows}
+    return core, warehouse_day_versions(clickhouse, "unified_items", start, end)
 
 
 # what the warehouse reads of core: no surrogate id, no load time

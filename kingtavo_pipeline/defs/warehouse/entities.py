@@ -17,7 +17,7 @@ from kingtavo_pipeline.defs.ingest.assets import OWNER
 from kingtavo_pipeline.defs.partitions import daily_partitions, single_run_backfill
 from kingtavo_pipeline.defs.resources import ClickHouseResource, PostgresResource
 from kingtavo_pipeline.defs.runs import partition_label, utc_window
-from kingtavo_pipeline.defs.warehouse.assets import WarehouseConfig
+from kingtavo_pipeline.defs.warehouse.assets import WarehouseConfig, warehouse_day_versions
 from kingtavo_pipeline.storage.bookkeeping import etl_run
 from kingtavo_pipeline.storage.clickhouse import CLICKHOUSE_POOL
 
@@ -134,17 +134,6 @@ def stream_core(store, table: StarTable, start, end, batch_rows: int = READ_BATC
             )
 
 
-def warehouse_days(clickhouse: ClickHouseResource, table: StarTable, start, end) -> dict:
-    with clickhouse.open() as client:
-        rows = client.query(
-            f"SELECT partition_date, count(), max(_version) FROM {table.name} FINAL "
-            "WHERE partition_date >= {start:Date} AND partition_date < {end:Date} GROUP BY 1",
-            parameters={"start": start, "end": end},
-            settings={"max_threads": 1},
-        ).result_rows
-    return {day: (int(n), int(v)) for day, n, v in rows}
-
-
 def _star_asset(table: StarTable) -> dg.AssetsDefinition:
     @dg.asset(
         key=["warehouse", table.name],
@@ -169,7 +158,7 @@ def _star_asset(table: StarTable) -> dg.AssetsDefinition:
                      partition_key=partition_label(context)) as counts:
             if not config.rewrite:
                 core = {day: (int(n), int(v)) for day, n, v in store.fetch_all(table.core_days, window)}
-                if core == warehouse_days(clickhouse, table, window["start"], window["end"]):
+                if core == warehouse_day_versions(clickhouse, table.name, window["start"], window["end"]):
                     context.log.info("the warehouse already holds core's rows for these days; nothing copied")
                     yield dg.MaterializeResult(metadata={"unchanged": True, "days": dg.MetadataValue.int(len(core))})
                     return
