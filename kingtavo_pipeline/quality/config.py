@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,8 @@ QUALITY_FILE_ENV = "KINGTAVO_QUALITY_FILE"
 
 Severity = Literal["ERROR", "WARN"]
 CheckKind = Literal[
-    "completeness", "validity", "money", "uniqueness", "consistency", "reconciliation", "volume", "schema_drift"
+    "completeness", "validity", "money", "uniqueness", "consistency", "reconciliation", "volume", "schema_drift",
+    "timeliness",
 ]
 CHECK_KINDS: tuple[str, ...] = CheckKind.__args__  # type: ignore[attr-defined]
 
@@ -50,6 +52,7 @@ class CheckSettings(_Model):
     min_scale: float | None = Field(None, ge=0, description="smallest spread, absolute")
     baseline_days: int | None = Field(None, ge=1, description="partitions of history a schema-drift check compares with")
     sample_size: int | None = Field(None, ge=0, le=50, description="failing keys sampled into metadata")
+    max_age_minutes: float | None = Field(None, gt=0, description="timeliness: how long a row may wait unprocessed")
 
     @model_validator(mode="after")
     def _columns_are_rates(self) -> CheckSettings:
@@ -76,6 +79,7 @@ BUILTIN: dict[str, CheckSettings] = {
     "volume": CheckSettings(enabled=True, severity="WARN", blocking=False, window_days=28, min_history=7,
                             threshold=3.5, min_scale_fraction=0.05, min_scale=1.0),
     "schema_drift": CheckSettings(enabled=True, severity="WARN", blocking=False, baseline_days=28, sample_size=10),
+    "timeliness": CheckSettings(enabled=True, severity="WARN", blocking=False, max_age_minutes=60, sample_size=5),
 }
 
 
@@ -130,10 +134,15 @@ class QualityConfig(_Model):
         override = self.assets.get(asset_key, {}).get(check_name)
         return override.over(resolved) if override else resolved
 
-    def check_known(self, known: dict[str, set[str]]) -> None:
+    def check_known(self, known: dict[str, set[str]], optional: Iterable[str] = ()) -> None:
         """Fail when ``assets`` names an asset or a check that does not exist (a typo would
-        otherwise silently leave a threshold unapplied). ``known``: asset key -> check names."""
+        otherwise silently leave a threshold unapplied). ``known``: asset key -> check names;
+        ``optional``: assets that exist only with some sources configured (settings for them are
+        kept, unused, while they are absent)."""
+        optional = set(optional)
         for asset, checks in self.assets.items():
+            if asset not in known and asset in optional:
+                continue
             if asset not in known:
                 raise QualityConfigError(f"{self.origin}: assets.{asset}: no checked asset by that key{_hint(asset, known)}")
             for name in checks:

@@ -8,7 +8,7 @@ retyped field).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 JSON_TYPES = frozenset({"object", "array", "string", "number", "boolean", "null"})
@@ -40,8 +40,12 @@ def schema_drift(
     baseline: Mapping[str, set[str]] | None = None,
     strict: bool = False,
     ignore: Callable[[str], bool] = _private,
+    known: Iterable[str] = (),
 ) -> Drift:
     """Drift of one partition's payloads (``observed``: key -> JSON types seen in it).
+
+    ``known``: keys the mapping may read but need not find (alternatives such as
+    ``paths: [currency, amounts.total.currency]``): never new, never missing.
 
     * missing: an expected key that no record of the partition carries;
     * new: a key the mapping does not read and no baseline partition carried (with no baseline,
@@ -49,12 +53,13 @@ def schema_drift(
     * retyped: a key whose non-null types differ from its expected type, else from the baseline's.
     """
     keys = {k: _types(t) for k, t in observed.items() if not ignore(k)}
+    known = set(known) | set(expected)
     base = {k: _types(t) for k, t in (baseline or {}).items() if not ignore(k)}
     missing = sorted(k for k in expected if k not in keys and not ignore(k))
     if strict:
-        new = sorted(k for k in keys if k not in expected)
+        new = sorted(k for k in keys if k not in known)
     elif base:
-        new = sorted(k for k in keys if k not in expected and k not in base)
+        new = sorted(k for k in keys if k not in known and k not in base)
     else:
         new = []
     retyped = []

@@ -73,7 +73,8 @@ def _plus_seconds(expr: str, seconds: int, dialect: Dialect) -> str:
 
 def _regex(column: str, pattern: str, dialect: Dialect) -> str:
     if dialect == "postgres":
-        return f"({_text(column, dialect)} ~ {sql_literal(pattern)})"
+        # an escape string: sql_literal doubles backslashes, which E'' reads back as one
+        return f"({_text(column, dialect)} ~ E{sql_literal(pattern)})"
     return f"match({_text(column, dialect)}, {sql_literal(pattern)})"
 
 
@@ -209,6 +210,37 @@ class Matches(ValueRule):
         return value is None or bool(re.search(self.pattern, str(value)))
 
 
+@dataclass(frozen=True)
+class Predicate(ValueRule):
+    """A row-level condition written in SQL by code (never from data), named for metadata:
+    ``Predicate("status", "failed", "status = 'failed'")`` counts failed rows as ``failed:status``.
+    Rows where ``violation`` holds are the violations; it should read the same in both dialects
+    (or be used with one store only)."""
+
+    name: str = ""
+    violation: str = ""
+    kind: str = field(default="predicate", init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ident(self.name)
+        if not self.violation.strip():
+            raise ValueError(f"predicate {self.name}: the violation condition is empty")
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.column}"
+
+    def valid_sql(self, dialect: Dialect) -> str:
+        return f"(NOT ({self.violation}))"
+
+    def violation_sql(self, dialect: Dialect) -> str:
+        return f"({self.column} IS NOT NULL AND ({self.violation}))"
+
+    def is_valid(self, value: object) -> bool:  # evaluated in the store only
+        raise NotImplementedError("a predicate rule is evaluated in the store")
+
+
 # --- completeness ----------------------------------------------------------------------------------
 
 
@@ -264,10 +296,12 @@ def reference_exists_rule(
     child_key: Sequence[str],
     partition_column: str = "partition_date",
     description: str = "",
+    child_where: str | None = None,
 ) -> SqlRule:
     """Every child row's reference (``child_columns``) names an existing parent row
     (``parent_columns``): "every order line has its order", "every order's customer exists".
-    A NULL reference is not checked (make it required with completeness)."""
+    A NULL reference is not checked (make it required with completeness). ``child_where`` (SQL
+    from code, child alias ``c``) narrows the rows checked, e.g. to sources that pull the parent."""
     if len(child_columns) != len(parent_columns) or not child_columns:
         raise ValueError(f"rule {name}: child_columns and parent_columns must pair up")
     on = " AND ".join(f"p.{ident(pc)} = c.{ident(cc)}" for cc, pc in zip(child_columns, parent_columns))
@@ -276,7 +310,8 @@ def reference_exists_rule(
         f"SELECT c.{ident(partition_column)} AS partition_date, {_key_expr('c', child_key)} AS key "
         f"FROM {ident(child_table)} c "
         f"WHERE c.{partition_column} >= %(start)s AND c.{partition_column} < %(end)s AND {present} "
-        f"AND NOT EXISTS (SELECT 1 FROM {ident(parent_table)} p WHERE {on})"
+        + (f"AND ({child_where}) " if child_where else "")
+        + f"AND NOT EXISTS (SELECT 1 FROM {ident(parent_table)} p WHERE {on})"
     )
     return SqlRule(name, sql, description=description or
                    f"every {child_table} row's ({', '.join(child_columns)}) exists in {parent_table}")

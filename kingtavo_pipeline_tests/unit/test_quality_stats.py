@@ -90,7 +90,7 @@ def test_value_rules_in_python():
 
 
 def test_value_rules_as_sql():
-    assert Email("customer_email").violation_sql("postgres").startswith("(customer_email IS NOT NULL AND NOT (customer_email::text ~ '^")
+    assert Email("customer_email").violation_sql("postgres").startswith("(customer_email IS NOT NULL AND NOT (customer_email::text ~ E'^")
     assert "match(toString(customer_email)" in Email("customer_email").violation_sql("clickhouse")
     assert "'SAR'" in CurrencyCode("currency").violation_sql("postgres") and "'usd'" not in CurrencyCode("currency").violation_sql("postgres")
     assert NonNegative("total").violation_sql("clickhouse") == "(total IS NOT NULL AND NOT (total >= 0))"
@@ -155,7 +155,7 @@ def test_packaged_quality_file_resolves_settings(monkeypatch):
     assert money.severity == "ERROR" and money.blocking and money.max_rate == 0.0
     volume = config.settings("raw/csv/x", "volume_anomaly", "volume")
     assert (volume.window_days, volume.min_history, volume.threshold) == (28, 7, 3.5)
-    assert config.freshness_for("raw/csv/shop_orders").deadline_cron == "0 3 * * *"
+    assert config.freshness_for("raw/csv/shop_orders").max_lag_minutes == 1560
     assert config.freshness_for("quality/scores") is None
 
 

@@ -4,6 +4,9 @@ What is checked is declared here (which columns, rules, keys); how strictly is t
 business (``kingtavo_pipeline/quality.yaml`` or ``KINGTAVO_QUALITY_FILE``). Checks of the raw
 sources come from the sources file, so a new CSV or feed source gets its checks without code.
 
+The API sources, the core entity tables, the orders star and the webhook events are checked by
+the declarations in ``defs/quality/entities.py``.
+
 Checks embedded elsewhere and kept as they are: ``core_reflects_raw`` (in the core asset: raw ->
 core reconciliation) and ``row_count_matches_core`` (``defs/warehouse/checks.py``: core ->
 warehouse row counts, built with the same factories).
@@ -31,6 +34,18 @@ from kingtavo_pipeline.defs.quality.checks import (
     reconciliation_check,
     volume_check,
 )
+from kingtavo_pipeline.defs.quality.entities import (
+    CUSTOMERS,
+    CUSTOMERS_DIM,
+    ORDER_LINES,
+    ORDERS,
+    ORDERS_FACT,
+    PRODUCTS,
+    PRODUCTS_DIM,
+    WEBHOOK_EVENTS,
+    CheckGroup,
+    entity_check_groups,
+)
 from kingtavo_pipeline.defs.quality.scores import SCORES_KEY, build_scores_asset
 from kingtavo_pipeline.defs.quality.sensors import build_monitor_sensor
 from kingtavo_pipeline.quality.config import QualityConfig, load_quality_config
@@ -41,6 +56,9 @@ WAREHOUSE_ITEMS = dg.AssetKey(["warehouse", "unified_items"])
 ITEM_KEY = ("source_type", "source_name", "external_id")
 SOURCE_TYPES = ("csv", "rss", "rest", "printavo", "salla", "strapi")
 FRESHNESS_SENSOR = "quality_freshness"
+# assets that exist only with API sources configured: the quality file may tune them regardless
+OPTIONAL_ASSETS = frozenset(k.to_user_string() for k in (
+    CUSTOMERS, PRODUCTS, ORDERS, ORDER_LINES, ORDERS_FACT, CUSTOMERS_DIM, PRODUCTS_DIM, WEBHOOK_EVENTS))
 
 # Lineage consistency: a core row names the raw observation it came from, of the same record.
 CORE_ROW_HAS_RAW_RECORD = SqlRule(
@@ -89,13 +107,21 @@ def warehouse_item_checks() -> list[QualityCheck]:
     ]
 
 
-def all_checks() -> dict[str, list[QualityCheck]]:
-    """Op name -> the checks it runs (one step per layer keeps runs short)."""
-    return {
-        "raw_quality_checks": raw_source_checks(),
-        "core_unified_items_quality_checks": core_item_checks(),
-        "warehouse_unified_items_quality_checks": warehouse_item_checks(),
+def check_groups() -> dict[str, CheckGroup]:
+    """Op name -> the checks it runs and their partitions (one step per layer, and per core
+    table of the API entities, keeps runs short and a blocking failure narrow)."""
+    groups = {
+        "raw_quality_checks": CheckGroup(raw_source_checks()),
+        "core_unified_items_quality_checks": CheckGroup(core_item_checks()),
+        "warehouse_unified_items_quality_checks": CheckGroup(warehouse_item_checks()),
+        **entity_check_groups(SOURCES),
     }
+    return {name: group for name, group in groups.items() if group.checks}
+
+
+def all_checks() -> dict[str, list[QualityCheck]]:
+    """Op name -> the checks it runs."""
+    return {name: group.checks for name, group in check_groups().items()}
 
 
 def freshness_checks(config: QualityConfig, asset_keys: list[dg.AssetKey]) -> list[dg.AssetChecksDefinition]:
@@ -124,15 +150,19 @@ def freshness_checks(config: QualityConfig, asset_keys: list[dg.AssetKey]) -> li
 def quality_definitions() -> tuple[dg.Definitions, tuple[dg.AssetChecksDefinition, ...]]:
     """(the definitions, the freshness checks among them); built once per process."""
     config = load_quality_config()
-    groups = all_checks()
+    groups = check_groups()
     known: dict[str, set[str]] = {}
-    for checks in groups.values():
-        for check in checks:
+    for group in groups.values():
+        for check in group.checks:
             known.setdefault(check.asset_key.to_user_string(), set()).add(check.name)
     known.setdefault(WAREHOUSE_ITEMS.to_user_string(), set()).add("row_count_matches_core")
-    config.check_known(known)
-    asset_checks = [build_checks(name, checks, config) for name, checks in groups.items() if enabled_checks(checks, config)]
-    monitored = [dg.AssetKey(["raw", s.source_type, s.name]) for s in SOURCES.all()] + [CORE_ITEMS, WAREHOUSE_ITEMS]
+    config.check_known(known, optional=OPTIONAL_ASSETS)
+    asset_checks = [build_checks(name, group.checks, config, group.partitions_def)
+                    for name, group in groups.items() if enabled_checks(group.checks, config)]
+    # freshness: every checked asset, the raw CSV/feed sources and core/warehouse unified items included
+    monitored = list(dict.fromkeys(
+        [dg.AssetKey(["raw", s.source_type, s.name]) for s in SOURCES.all()] + [CORE_ITEMS, WAREHOUSE_ITEMS]
+        + [check.asset_key for group in groups.values() for check in group.checks]))
     fresh = freshness_checks(config, monitored)
     sensors = [build_monitor_sensor(config)]
     if fresh:

@@ -30,7 +30,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import dagster as dg
@@ -149,6 +149,10 @@ class QualityCheck:
     def evaluate(self, stores: Stores, start: dt.date, end: dt.date, settings: CheckSettings) -> dict[dt.date, DayResult]:
         raise NotImplementedError
 
+    def for_merchant(self, merchant: str) -> "QualityCheck":
+        """This check narrowed to one merchant of a (date x merchant) partitioned asset."""
+        raise NotImplementedError(f"{self.asset_key.to_user_string()}/{self.name} is not evaluated per merchant")
+
 
 @dataclass(frozen=True)
 class _TableCheck(QualityCheck):
@@ -158,13 +162,30 @@ class _TableCheck(QualityCheck):
     key_columns: tuple[str, ...] = ()
     partition_column: str = "partition_date"
     final: bool = False  # read a ReplacingMergeTree with FINAL (ClickHouse)
+    # SQL from code giving a row's day when the table has no partition column, e.g.
+    # "(received_at AT TIME ZONE 'UTC')::date"
+    partition_expr: str | None = None
+    # per merchant (date x merchant partitions): (column, value prefix); the merchant's rows are
+    # those whose column equals prefix + merchant id (raw_data.source_name = 'salla/<merchant>')
+    merchant_filter: tuple[str, str] | None = None
+
+    @property
+    def _part(self) -> str:
+        return self.partition_expr or ident(self.partition_column)
 
     def _from(self) -> str:
         return f"{ident(self.table)}{' FINAL' if self.final and self.store == 'clickhouse' else ''}"
 
     def _filter(self, start: dt.date, end: dt.date) -> str:
-        window = _range_sql(ident(self.partition_column), start, end, self.store)
+        window = _range_sql(self._part, start, end, self.store)
         return f"{window} AND ({self.where})" if self.where else window
+
+    def for_merchant(self, merchant: str) -> "_TableCheck":
+        if self.merchant_filter is None:
+            return super().for_merchant(merchant)
+        column, prefix = self.merchant_filter
+        only = f"{ident(column)} = {sql_literal(prefix + merchant)}"
+        return replace(self, where=f"({self.where}) AND {only}" if self.where else only, merchant_filter=None)
 
     def _rows(self, stores: Stores, query: str) -> list[tuple]:
         return stores.pg_rows(query) if self.store == "postgres" else stores.ch_rows(query)
@@ -172,8 +193,8 @@ class _TableCheck(QualityCheck):
     def _counts(self, stores: Stores, start: dt.date, end: dt.date, predicates: Sequence[str]) -> dict[dt.date, tuple[int, list[int]]]:
         """``{day: (rows, [rows matching each predicate])}`` for the days that have rows."""
         sums = "".join(f", sum(CASE WHEN {p} THEN 1 ELSE 0 END)" for p in predicates)
-        query = (f"SELECT {self.partition_column}, count(*){sums} FROM {self._from()} "
-                 f"WHERE {self._filter(start, end)} GROUP BY {self.partition_column}")
+        query = (f"SELECT {self._part} AS day, count(*){sums} FROM {self._from()} "
+                 f"WHERE {self._filter(start, end)} GROUP BY 1")
         return {_date(r[0]): (int(r[1]), [int(v or 0) for v in r[2:]]) for r in self._rows(stores, query)}
 
     def _sample(self, stores: Stores, day: dt.date, predicate: str, n: int) -> list[str]:
@@ -370,31 +391,43 @@ class ReconciliationCheck(QualityCheck):
 
 @dataclass(frozen=True)
 class VolumeCheck(_TableCheck):
-    """Rows (``count_expr``) and money sums per day against the trailing window (robust z-score)."""
+    """Rows (``count_expr``) and money sums per day against the trailing window (robust z-score).
+
+    A day that is not over yet (today, UTC: the daily partitions include the current day) is not
+    judged: its partial volume would read as a drop. It passes with ``status: partial_day`` and is
+    judged when it is checked again after midnight.
+    """
 
     money_columns: tuple[str, ...] = ()
     count_expr: str = "count(*)"
 
     def evaluate(self, stores, start, end, settings):
         window = int(settings.window_days)
+        current_day = dt.datetime.now(dt.timezone.utc).date()
+        metrics = ["rows", *(f"sum:{c}" for c in self.money_columns)]
         sums = "".join(f", sum({ident(c)})" for c in self.money_columns)
         history_start = start - dt.timedelta(days=window)
         values = {_date(r[0]): [float(v or 0) for v in r[1:]] for r in self._rows(stores, (
-            f"SELECT {self.partition_column}, {self.count_expr}{sums} FROM {self._from()} "
-            f"WHERE {self._filter(history_start, end)} GROUP BY {self.partition_column}"))}
-        first = self._rows(stores, f"SELECT min({self.partition_column}) FROM {self._from()}"
+            f"SELECT {self._part} AS day, {self.count_expr}{sums} FROM {self._from()} "
+            f"WHERE {self._filter(history_start, end)} GROUP BY 1"))}
+        first = self._rows(stores, f"SELECT min({self._part}) FROM {self._from()}"
                                    + (f" WHERE {self.where}" if self.where else ""))[0][0]
         first_day = _date(first) if first is not None else None
-        metrics = ["rows", *(f"sum:{c}" for c in self.money_columns)]
         zero = [0.0] * len(metrics)
         out = {}
         for day in _days(start, end):
+            if day >= current_day:  # not over yet: what landed so far is reported, not judged
+                so_far = values.get(day, zero)
+                out[day] = DayResult(True, {"status": "partial_day", "partial_day": True,
+                                            **{m: (so_far[i] if i else int(so_far[i])) for i, m in enumerate(metrics)}},
+                                     "the day is not over: its volume is judged once it is complete")
+                continue
             # days before the source's first data are not history; quiet days since then are zeros
             history_days = [day - dt.timedelta(days=i) for i in range(window, 0, -1)]
             history_days = [d for d in history_days if first_day is not None and d >= first_day]
             today = values.get(day, zero)
             metadata: dict[str, Any] = {"history_days": len(history_days), "threshold": float(settings.threshold),
-                                        "min_history": int(settings.min_history)}
+                                        "min_history": int(settings.min_history), "partial_day": False}
             anomalies = []
             for i, metric in enumerate(metrics):
                 verdict = assess_volume([values.get(d, zero)[i] for d in history_days], today[i],
@@ -421,9 +454,18 @@ class SchemaDriftCheck(QualityCheck):
     expected: tuple[tuple[str, str | None], ...] = ()
     strict: bool = False
     baseline_records: int = 5000
+    entity: str | None = None  # raw_data.entity, where one source lands several entities (APIs)
+    known: tuple[str, ...] = ()  # keys the mapping may read but need not find
+    per_merchant: bool = False  # raw source name <source_name>/<merchant> (date x merchant partitions)
 
     def _source(self) -> str:
-        return f"r.source_type = {sql_literal(self.source_type)} AND r.source_name = {sql_literal(self.source_name)}"
+        where = f"r.source_type = {sql_literal(self.source_type)} AND r.source_name = {sql_literal(self.source_name)}"
+        return where + (f" AND r.entity = {sql_literal(self.entity)}" if self.entity is not None else "")
+
+    def for_merchant(self, merchant: str) -> "SchemaDriftCheck":
+        if not self.per_merchant:
+            return super().for_merchant(merchant)
+        return replace(self, source_name=f"{self.source_name}/{merchant}", per_merchant=False)
 
     def evaluate(self, stores, start, end, settings):
         baseline_start = start - dt.timedelta(days=int(settings.baseline_days))
@@ -451,7 +493,7 @@ class SchemaDriftCheck(QualityCheck):
             if observed is None:  # nothing landed that day: nothing drifted
                 out[day] = DayResult(True, {"fields": 0, "new_fields": 0, "missing_fields": 0, "retyped_fields": 0})
                 continue
-            drift = schema_drift(observed, expected=expected, baseline=baseline, strict=self.strict)
+            drift = schema_drift(observed, expected=expected, baseline=baseline, strict=self.strict, known=self.known)
             metadata: dict[str, Any] = {"fields": len(observed), "new_fields": len(drift.new),
                                         "missing_fields": len(drift.missing), "retyped_fields": len(drift.retyped)}
             for label, names in (("new", drift.new), ("missing", drift.missing), ("retyped", drift.retyped)):
@@ -462,6 +504,74 @@ class SchemaDriftCheck(QualityCheck):
                 (("new fields", drift.new), ("missing fields", drift.missing), ("retyped", drift.retyped)) if names))
             for key, types in observed.items():  # a later day of the window compares with this one too
                 baseline.setdefault(key, set()).update(types)
+        return out
+
+
+@dataclass(frozen=True)
+class OverdueCheck(_TableCheck):
+    """Rows still waiting to be processed (``waiting``, SQL from code) longer than
+    ``max_age_minutes`` since ``since_column``: e.g. webhook events pending too long."""
+
+    waiting: str = ""
+    since_column: str = ""
+
+    def evaluate(self, stores, start, end, settings):
+        minutes = float(settings.max_age_minutes)
+        overdue = (f"({self.waiting}) AND {ident(self.since_column)} < now() - "
+                   f"make_interval(secs => {minutes * 60:.0f})")
+        counts = self._counts(stores, start, end, [f"({self.waiting})", overdue])
+        oldest = {_date(r[0]): float(r[1] or 0) for r in self._rows(stores, (
+            f"SELECT {self._part} AS day, extract(epoch FROM now() - min({ident(self.since_column)})) / 60 "
+            f"FROM {self._from()} WHERE {self._filter(start, end)} AND ({self.waiting}) GROUP BY 1"))}
+        out = {}
+        for day in _days(start, end):
+            rows, (waiting, late) = counts.get(day, (0, [0, 0]))
+            metadata: dict[str, Any] = {"rows": rows, "waiting": waiting, "overdue": late,
+                                        "max_age_minutes": minutes, "oldest_waiting_minutes": round(oldest.get(day, 0.0), 2)}
+            if late:
+                metadata["sample_keys"] = self._sample(stores, day, overdue, settings.sample_size)
+            out[day] = DayResult(not late, metadata, None if not late else
+                                 f"{late} row(s) waiting longer than {minutes:g} minutes "
+                                 f"(oldest {oldest.get(day, 0.0):.0f} minutes)")
+        return out
+
+
+@dataclass(frozen=True)
+class MetricReconciliationCheck(QualityCheck):
+    """PostgreSQL vs ClickHouse per day on named metrics, each side computed by its own query
+    (``partition_date`` then the metrics, in order, over ``%(start)s``/``%(end)s`` in PostgreSQL and
+    ``{start}``/``{end}`` date literals in ClickHouse). Counts must match exactly, money sums
+    within the configured tolerance."""
+
+    core_sql: str = ""
+    warehouse_sql: str = ""
+    counts: tuple[str, ...] = ()
+    sums: tuple[str, ...] = ()
+
+    def evaluate(self, stores, start, end, settings):
+        names = [*self.counts, *self.sums]
+        core = {_date(r[0]): r[1:] for r in stores.pg_rows(self.core_sql, {"start": start, "end": end})}
+        warehouse = {_date(r[0]): r[1:] for r in stores.ch_rows(self.warehouse_sql.format(
+            start=_day_literal(start, "clickhouse"), end=_day_literal(end, "clickhouse")))}
+        tolerance = float(settings.tolerance or 0)
+        empty = (None,) * len(names)
+        out = {}
+        for day in _days(start, end):
+            c, w = core.get(day, empty), warehouse.get(day, empty)
+            metadata: dict[str, Any] = {"tolerance": tolerance}
+            problems = []
+            for i, name in enumerate(names):
+                if name in self.counts:
+                    cv, wv = int(c[i] or 0), int(w[i] or 0)
+                    metadata.update({f"core_{name}": cv, f"warehouse_{name}": wv, f"difference:{name}": wv - cv})
+                    if cv != wv:
+                        problems.append(f"{name}: core {cv}, warehouse {wv}")
+                else:
+                    cv, wv = float(c[i] or 0), float(w[i] or 0)
+                    metadata.update({f"core_sum:{name}": cv, f"warehouse_sum:{name}": wv, f"sum_difference:{name}": wv - cv})
+                    if abs(wv - cv) > tolerance:
+                        problems.append(f"sum({name}): core {cv:.4f}, warehouse {wv:.4f}")
+            out[day] = DayResult(not problems, metadata, "; ".join(problems) or None)
         return out
 
 
@@ -488,12 +598,13 @@ def completeness_check(asset_key, table: str, required_columns: Sequence[str], *
 
 def validity_check(asset_key, table: str, rules: Sequence[ValueRule], *, store: Store = "postgres",
                    where: str | None = None, key_columns: Sequence[str] = (), name: str = "validity",
-                   kind: str = "validity", final: bool = False) -> ValidityCheck:
+                   kind: str = "validity", final: bool = False, partition_expr: str | None = None,
+                   description: str | None = None) -> ValidityCheck:
     """Formats and allowed values (emails, currency codes, enumerations, dates not in the future)."""
     return ValidityCheck(_key(asset_key), name, kind,
-                         "Values are valid: " + ", ".join(r.label for r in rules) + ".",
+                         description or "Values are valid: " + ", ".join(r.label for r in rules) + ".",
                          (store,), table=table, store=store, where=where, key_columns=tuple(key_columns),
-                         final=final, rules=tuple(rules))
+                         final=final, rules=tuple(rules), partition_expr=partition_expr)
 
 
 def money_check(asset_key, table: str, money_columns: Sequence[str], *, store: Store = "postgres",
@@ -532,22 +643,50 @@ def reconciliation_check(asset_key, core_table: str, warehouse_table: str, *, mo
 
 def volume_check(asset_key, table: str, *, store: Store = "postgres", where: str | None = None,
                  money_columns: Sequence[str] = (), count_expr: str = "count(*)", name: str = "volume_anomaly",
-                 final: bool = False) -> VolumeCheck:
-    """Rows and money sums per partition within the trailing window's robust range."""
+                 final: bool = False, partition_expr: str | None = None,
+                 merchant_filter: tuple[str, str] | None = None) -> VolumeCheck:
+    """Rows and money sums per partition within the trailing window's robust range (a day not
+    over yet is reported, not judged)."""
     return VolumeCheck(_key(asset_key), name, "volume",
                        "Rows" + "".join(f" and sum({c})" for c in money_columns)
-                       + " per partition are not anomalous against the trailing window (robust z-score).",
+                       + " per partition are not anomalous against the trailing window (robust z-score); "
+                       "the current, unfinished day is not judged.",
                        (store,), table=table, store=store, where=where, final=final,
-                       money_columns=tuple(money_columns), count_expr=count_expr)
+                       money_columns=tuple(money_columns), count_expr=count_expr, partition_expr=partition_expr,
+                       merchant_filter=merchant_filter)
+
+
+def overdue_check(asset_key, table: str, *, waiting: str, since_column: str, partition_expr: str | None = None,
+                  key_columns: Sequence[str] = (), name: str = "overdue", where: str | None = None) -> OverdueCheck:
+    """Rows waiting (``waiting``) longer than ``max_age_minutes`` (timeliness) per day (PostgreSQL)."""
+    return OverdueCheck(_key(asset_key), name, "timeliness",
+                        f"No row waits ({waiting}) longer than the configured minutes since {since_column}.",
+                        ("postgres",), table=table, store="postgres", where=where, key_columns=tuple(key_columns),
+                        partition_expr=partition_expr, waiting=waiting, since_column=since_column)
+
+
+def metric_reconciliation_check(asset_key, *, core_sql: str, warehouse_sql: str, counts: Sequence[str] = (),
+                                sums: Sequence[str] = (), name: str = "matches_core",
+                                description: str | None = None) -> MetricReconciliationCheck:
+    """Per partition, PostgreSQL and ClickHouse agree on ``counts`` (exactly) and ``sums`` (within
+    the tolerance), each side computed by its own query (see :class:`MetricReconciliationCheck`)."""
+    return MetricReconciliationCheck(
+        _key(asset_key), name, "reconciliation",
+        description or "PostgreSQL and ClickHouse agree per partition on " + ", ".join([*counts, *(f"sum({s})" for s in sums)]) + ".",
+        ("postgres", "clickhouse"), core_sql=core_sql, warehouse_sql=warehouse_sql, counts=tuple(counts), sums=tuple(sums))
 
 
 def schema_drift_check(asset_key, source_type: str, source_name: str, expected_fields: Mapping[str, str | None],
-                       *, strict: bool = False, name: str = "schema_drift") -> SchemaDriftCheck:
-    """Raw payload fields vs the mapping (``expected_fields``: key -> JSON type or None) and history."""
+                       *, strict: bool = False, name: str = "schema_drift", entity: str | None = None,
+                       known_fields: Sequence[str] = (), per_merchant: bool = False) -> SchemaDriftCheck:
+    """Raw payload fields vs the mapping (``expected_fields``: key -> JSON type or None;
+    ``known_fields``: keys it may read but need not find) and history. ``entity`` narrows to one
+    entity of the source; ``per_merchant`` evaluates ``<source_name>/<merchant>`` per partition."""
     return SchemaDriftCheck(_key(asset_key), name, "schema_drift",
                             "No new, missing or retyped fields in raw payloads compared with the mapping and "
                             "earlier partitions.", ("postgres",), source_type=source_type, source_name=source_name,
-                            expected=tuple(sorted(expected_fields.items())), strict=strict)
+                            expected=tuple(sorted(expected_fields.items())), strict=strict, entity=entity,
+                            known=tuple(sorted(set(known_fields))), per_merchant=per_merchant)
 
 
 # --- building the Dagster definitions ----------------------------------------------------------------
@@ -607,28 +746,63 @@ def build_checks(name: str, checks: Sequence[QualityCheck], config: QualityConfi
                           "evaluated per daily partition.")
     def _checks(context: dg.AssetCheckExecutionContext, postgres: PostgresResource,
                 clickhouse: ClickHouseResource) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
-        start, end = (ts.date() for ts in utc_window(context))
         selected = [by_key[k] for k in sorted(context.selected_asset_check_keys, key=str) if k in by_key]
-        results = evaluate_all(context, selected, settings, postgres, clickhouse, start, end)
-        for check in selected:
+        found: list[tuple[QualityCheck, str, DayResult]] = []
+        if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+            # one window per merchant, evaluated on that merchant's rows, reported per (date, merchant)
+            for merchant, days in merchant_days(context.partition_keys, partitions_def).items():
+                narrowed = [c.for_merchant(merchant) for c in selected]
+                results = evaluate_all(context, narrowed, settings, postgres, clickhouse, min(days),
+                                       max(days) + dt.timedelta(days=1))
+                for check in selected:
+                    for day, result in sorted(results[check.key].items()):
+                        if day in days:
+                            found.append((check, str(multi_key(partitions_def, day, merchant)), result))
+        else:
+            start, end = (ts.date() for ts in utc_window(context))
+            results = evaluate_all(context, selected, settings, postgres, clickhouse, start, end)
+            found = [(c, day.isoformat(), result) for c in selected for day, result in sorted(results[c.key].items())]
+        for check, partition, result in found:
             spec_settings = settings[check.key]
-            for day, result in sorted(results[check.key].items()):
-                yield dg.AssetCheckEvaluation(
-                    asset_key=check.asset_key,
-                    check_name=check.name,
-                    passed=result.passed,
-                    metadata=_metadata(result.metadata),
-                    severity=_severity(result.severity or spec_settings.severity),
-                    description=result.description,
-                    blocking=bool(spec_settings.blocking),
-                    partition=day.isoformat(),
-                )
+            yield dg.AssetCheckEvaluation(
+                asset_key=check.asset_key,
+                check_name=check.name,
+                passed=result.passed,
+                metadata=_metadata(result.metadata),
+                severity=_severity(result.severity or spec_settings.severity),
+                description=result.description,
+                blocking=bool(spec_settings.blocking),
+                partition=partition,
+            )
         outputs = {s.key: n for n, s in context.op_execution_context.assets_def.check_specs_by_output_name.items()}
         for check in selected:
             # the step's outputs (what downstream steps wait for); the evaluations above are the results
             yield dg.Output(None, output_name=outputs[check.key])
 
     return _checks
+
+
+def _dimensions(partitions_def: dg.MultiPartitionsDefinition) -> tuple[str, str]:
+    """(the time dimension's name, the other dimension's name) of a date x merchant definition."""
+    time_dim = partitions_def.time_window_dimension.name
+    [other] = [d.name for d in partitions_def.partitions_defs if d.name != time_dim]
+    return time_dim, other
+
+
+def merchant_days(partition_keys: Sequence[str], partitions_def: dg.MultiPartitionsDefinition
+                  ) -> dict[str, set[dt.date]]:
+    """Multi-partition keys of a run -> {merchant: its days}."""
+    time_dim, other = _dimensions(partitions_def)
+    out: dict[str, set[dt.date]] = {}
+    for key in partition_keys:
+        dims = (key if isinstance(key, dg.MultiPartitionKey) else dg.MultiPartitionKey.from_str(key)).keys_by_dimension
+        out.setdefault(dims[other], set()).add(dt.date.fromisoformat(dims[time_dim]))
+    return dict(sorted(out.items()))
+
+
+def multi_key(partitions_def: dg.MultiPartitionsDefinition, day: dt.date, merchant: str) -> dg.MultiPartitionKey:
+    time_dim, other = _dimensions(partitions_def)
+    return dg.MultiPartitionKey({time_dim: day.isoformat(), other: merchant})
 
 
 def evaluate_all(context, checks: Sequence[QualityCheck], settings: Mapping[dg.AssetCheckKey, CheckSettings],
