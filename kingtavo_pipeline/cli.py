@@ -114,7 +114,7 @@ def _iso_day(ctx: click.Context, param: click.Parameter, value: str) -> str:
         raise click.BadParameter(f"{day} is before the first daily partition, {FIRST_DAY}")
     last = daily_partitions.get_last_partition_key()
     if last is not None and day > dt.date.fromisoformat(last):
-        raise click.BadParameter(f"{day} is after the last complete day, {last} (UTC)")
+        raise click.BadParameter(f"{day} is after today, {last} (UTC)")
     return day.isoformat()
 
 
@@ -124,7 +124,8 @@ def _iso_day(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--end", default=SAMPLE_LAST_DAY, show_default=True, callback=_iso_day,
               help="Last daily partition (UTC), inclusive, YYYY-MM-DD.")
 def demo(start: str, end: str) -> None:
-    """Materialize the whole asset graph for the sample days, then print a summary."""
+    """Materialize the whole asset graph for the sample days, post a few signed Salla webhooks to the
+    ingress and apply them, then print a summary."""
     if start > end:
         raise click.BadParameter(f"--start {start} is after --end {end}", param_hint="'--start'/'--end'")
     import dagster as dg
@@ -157,6 +158,7 @@ def demo(start: str, end: str) -> None:
     with (
         dg.DagsterInstance.get() as instance,
         RunSupervisor(instance, store, by="kingtavo demo", echo=click.echo) as supervisor,
+        contextlib.ExitStack() as sandbox_stack,
     ):
         result = job.execute_in_process(
             instance=instance,
@@ -167,17 +169,27 @@ def demo(start: str, end: str) -> None:
             raise_on_error=False,
         )
         results = [result]
+        box = None
         if result.success:
-            results += _run_api_sources(instance, definitions, store, start, end, supervisor.tags)
+            api_results, box = _run_api_sources(instance, definitions, store, start, end, supervisor.tags,
+                                                sandbox_stack)
+            results += api_results
         # the raw steps land records of days outside the range too; run those days as the sensor would
         if all(r.success for r in results):
             results += _run_late_ranges(instance, definitions, store)
+        webhooks_report: list[str] = []
+        if box is not None and all(r.success for r in results):
+            webhook_results, webhooks_report = _run_webhooks(box, instance, definitions, store, start, end,
+                                                             supervisor.tags)
+            results += webhook_results
         checks = [
             (e.asset_check_key.asset_key.to_user_string(), e.asset_check_key.name, e.passed)
             for r in results
             for e in r.get_asset_check_evaluations()
         ]
     _print_summary(settings, store, start, end, checks)
+    for line in webhooks_report:
+        click.echo(line)
     for r in results:
         click.echo(f"\nRun {r.run_id} ({r.job_def.name}): {'SUCCESS' if r.success else 'FAILURE'}")
     click.echo(
@@ -305,10 +317,12 @@ def _sandbox_sources(sources) -> list:
     return [s for s in sources.api() if s.base_url.startswith(f"http://{host}:{port}/")]
 
 
-def _run_api_sources(instance, definitions, store, start: str, end: str, tags: dict) -> list:
-    """Start the sandbox when API sources point at it, then pull them for the days: Printavo (and
-    other daily API sources) in one range run with core and the warehouse, Salla per merchant and
-    day. Returns the run results."""
+def _run_api_sources(instance, definitions, store, start: str, end: str, tags: dict,
+                     stack: contextlib.ExitStack) -> tuple[list, object]:
+    """Start the sandbox when API sources point at it (it runs until ``stack`` closes), then pull
+    them for the days: Printavo (and other daily API sources) in one range run with core and the
+    warehouse, Salla per merchant and day. Returns the run results and the sandbox (None when no
+    source points at it)."""
     import datetime as dt
 
     import dagster as dg
@@ -316,42 +330,42 @@ def _run_api_sources(instance, definitions, store, start: str, end: str, tags: d
     from kingtavo_pipeline.defs.ingest.assets import SOURCES
 
     if not SOURCES.api():
-        return []
+        return [], None
     from kingtavo_pipeline.sandbox import Sandbox, SandboxConfig
 
     first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
     sandboxed = _sandbox_sources(SOURCES)
     results = []
-    with contextlib.ExitStack() as stack:
-        if sandboxed:
-            box = Sandbox(SandboxConfig(today=last, days=(last - first).days + 8, salla_merchants=2,
-                                        salla_requests_per_minute=6000, printavo_requests=1000))
-            host, port = SANDBOX_ADDRESS
-            base = stack.enter_context(box.running(host, port))
-            click.echo(f"Sandbox Printavo and Salla APIs at {base} (seeded; `kingtavo sandbox` runs it alone)")
-            _sandbox_credentials(box, store, instance, [s for s in sandboxed if s.source_type == "salla"])
-        run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        names = {j.name for j in definitions.resolve_all_job_defs()}
-        if "api_sources_job" in names:
-            click.echo(f"Running api_sources_job over partitions {start}..{end} ...")
-            results.append(definitions.resolve_job_def("api_sources_job").execute_in_process(
-                instance=instance, run_config=run_config, raise_on_error=False,
-                tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end,
-                      **tags}))
-        if "salla_job" in names:
-            from kingtavo_pipeline.defs.ingest.api import SALLA_MERCHANTS
+    box = None
+    if sandboxed:
+        box = Sandbox(SandboxConfig(today=last, days=(last - first).days + 8, salla_merchants=2,
+                                    salla_requests_per_minute=6000, printavo_requests=1000))
+        host, port = SANDBOX_ADDRESS
+        base = stack.enter_context(box.running(host, port))
+        click.echo(f"Sandbox Printavo and Salla APIs at {base} (seeded; `kingtavo sandbox` runs it alone)")
+        _sandbox_credentials(box, store, instance, [s for s in sandboxed if s.source_type == "salla"])
+    run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    names = {j.name for j in definitions.resolve_all_job_defs()}
+    if "api_sources_job" in names:
+        click.echo(f"Running api_sources_job over partitions {start}..{end} ...")
+        results.append(definitions.resolve_job_def("api_sources_job").execute_in_process(
+            instance=instance, run_config=run_config, raise_on_error=False,
+            tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end,
+                  **tags}))
+    if "salla_job" in names:
+        from kingtavo_pipeline.defs.ingest.api import SALLA_MERCHANTS
 
-            merchants = instance.get_dynamic_partitions(SALLA_MERCHANTS.name)
-            click.echo(f"Running salla_job for merchants {', '.join(merchants)} over {start}..{end} ...")
-            job = definitions.resolve_job_def("salla_job")
-            day = first
-            while day <= last:
-                for merchant in merchants:
-                    key = dg.MultiPartitionKey({"date": day.isoformat(), "merchant": merchant})
-                    results.append(job.execute_in_process(instance=instance, run_config=run_config,
-                                                          partition_key=key, raise_on_error=False, tags=tags))
-                day += dt.timedelta(days=1)
-    return results
+        merchants = instance.get_dynamic_partitions(SALLA_MERCHANTS.name)
+        click.echo(f"Running salla_job for merchants {', '.join(merchants)} over {start}..{end} ...")
+        job = definitions.resolve_job_def("salla_job")
+        day = first
+        while day <= last:
+            for merchant in merchants:
+                key = dg.MultiPartitionKey({"date": day.isoformat(), "merchant": merchant})
+                results.append(job.execute_in_process(instance=instance, run_config=run_config,
+                                                      partition_key=key, raise_on_error=False, tags=tags))
+            day += dt.timedelta(days=1)
+    return results, box
 
 
 def _sandbox_credentials(box, store, instance, salla_sources) -> None:
@@ -377,6 +391,86 @@ def _sandbox_credentials(box, store, instance, salla_sources) -> None:
             merchants.append(merchant.merchant_id)
     if merchants:
         instance.add_dynamic_partitions(SALLA_MERCHANTS.name, sorted(set(merchants)))
+
+
+# --- webhooks in the demo: signed sandbox Salla events through the ingress ----------------------
+
+DEMO_WEBHOOK_SECRET_ENV = "KINGTAVO_DEMO_SALLA_WEBHOOK_SECRET"
+DEMO_WEBHOOK_STATUSES = ("shipped", "canceled", "delivered", "completed")
+
+# Salla orders of the demo days whose customer is in core (core's blocking check wants one)
+_DEMO_ORDERS = """
+SELECT o.merchant_id, o.source_id, o.raw_status FROM orders o
+WHERE o.source_type = 'salla' AND o.partition_date BETWEEN %s AND %s
+  AND EXISTS (SELECT 1 FROM customers c WHERE c.source_type = o.source_type AND c.source_name = o.source_name
+              AND c.merchant_id = o.merchant_id AND c.source_id = o.customer_source_id)
+ORDER BY o.ordered_at, o.source_id LIMIT %s
+"""
+
+
+def _run_webhooks(box, instance, definitions, store, start: str, end: str, tags: dict,
+                  orders: int = 3) -> tuple[list, list[str]]:
+    """Start the ingress in process (ephemeral port) with a ``salla`` source, post signed
+    ``order.updated`` webhooks of a few pulled orders (status changes, from the sandbox, plus one
+    redelivery), apply them through ``webhook_events_job`` as the sensor would, and report what
+    they changed. Returns the run results and the report lines."""
+    import httpx
+
+    from kingtavo_pipeline.defs.webhooks.runs import apply_pending_now
+    from kingtavo_pipeline.storage.clickhouse import open_clickhouse
+    from kingtavo_pipeline.webhooks.app import create_app, serving
+    from kingtavo_pipeline.webhooks.config import parse_webhooks
+
+    picked = store.fetch_all(_DEMO_ORDERS, (start, end, orders))
+    if not picked:
+        return [], []
+    config = parse_webhooks({"webhooks": [{"name": "salla", "provider": "salla",
+                                           "secrets_env": DEMO_WEBHOOK_SECRET_ENV}]})
+    app = create_app(config, store.url, environ={DEMO_WEBHOOK_SECRET_ENV: box.config.salla_webhook_secret})
+    first_event = store.fetch_value("SELECT coalesce(max(id), 0) FROM webhook_events")
+    answers: dict[str, int] = {}
+    changes = []
+    with serving(app) as base:
+        url = f"{base}/webhooks/salla"
+        click.echo(f"Posting {len(picked) + 1} signed Salla webhooks to the ingress at {url} ...")
+        deliveries = []
+        for n, (merchant, order_id, before) in enumerate(picked):
+            status = next(s for s in DEMO_WEBHOOK_STATUSES[n % len(DEMO_WEBHOOK_STATUSES):] + DEMO_WEBHOOK_STATUSES
+                          if s != before)
+            box.advance(seconds=60)  # each update a minute after the last: newer than what was pulled
+            deliveries.append(box.salla_order_webhook(merchant, order_id, status=status))
+            changes.append((merchant, order_id, before))
+        deliveries.append(deliveries[-1])  # Salla retries a delivery: stored once
+        with httpx.Client(timeout=10) as client:
+            for body, headers in deliveries:
+                response = client.post(url, content=body, headers=headers)
+                answer = response.json().get("status", str(response.status_code)) if response.is_success \
+                    else f"HTTP {response.status_code}"
+                answers[answer] = answers.get(answer, 0) + 1
+    results = apply_pending_now(definitions, instance, store, tags=tags,
+                                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+    states = dict(store.fetch_all("SELECT status, count(*) FROM webhook_events WHERE id > %s GROUP BY 1",
+                                  (first_event,)))
+    lines = [
+        f"\nWebhooks: {len(deliveries)} signed Salla deliveries posted to the ingress: "
+        + ", ".join(f"{n} {a}" for a, n in sorted(answers.items())),
+        f"  webhook_events: {states.get('applied', 0)} applied, {states.get('failed', 0)} failed, "
+        f"{states.get('ignored', 0)} ignored, {states.get('pending', 0)} pending "
+        f"(webhook_events_job: {len(results)} run(s))",
+        "  Orders the events changed (core status before -> after; ClickHouse orders_fact):",
+    ]
+    with open_clickhouse(Settings()) as client:
+        for merchant, order_id, before in changes:
+            [after] = store.fetch_all(
+                "SELECT status, raw_status FROM orders WHERE source_type = 'salla' AND merchant_id = %s "
+                "AND source_id = %s", (merchant, order_id)) or [(None, None)]
+            fact = client.query(
+                "SELECT any(status), count() FROM orders_fact FINAL WHERE source_type = 'salla' "
+                "AND merchant_id = {m:String} AND order_source_id = {o:String}",
+                parameters={"m": merchant, "o": order_id}).result_rows[0]
+            lines.append(f"    salla/{merchant} order {order_id}: {before} -> {after[1]} ({after[0]}); "
+                         f"orders_fact: {fact[0]} ({fact[1]} line rows)")
+    return results, lines
 
 
 # --- late records and dead letters -------------------------------------------------------------
@@ -489,6 +583,9 @@ def merchants_add(merchant_ids: tuple[str, ...]) -> None:
     click.echo(f"Salla merchants: {', '.join(known)}")
 
 
+DEAD_LETTER_STAGES = ["extract", "map", "webhook"]
+
+
 @main.group("dead-letters")
 def dead_letters() -> None:
     """Records that could not be landed or mapped: list, retry and resolve them."""
@@ -507,7 +604,7 @@ def _dead_letter_store():
 @click.option("--status", type=click.Choice(["open", "retrying", "resolved", "ignored", "all"]), default="open",
               show_default=True)
 @click.option("--source", help="Only this source (its name in the sources file).")
-@click.option("--stage", type=click.Choice(["extract", "map"]), help="Only this stage.")
+@click.option("--stage", type=click.Choice(DEAD_LETTER_STAGES), help="Only this stage.")
 @click.option("--limit", type=int, default=50, show_default=True)
 def dead_letters_list(status: str, source: str | None, stage: str | None, limit: int) -> None:
     """List dead letters, newest first."""
@@ -532,12 +629,13 @@ def dead_letters_list(status: str, source: str | None, stage: str | None, limit:
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all", "all_open", is_flag=True, help="Every open dead letter (narrow with --source/--stage).")
 @click.option("--source", help="Only this source.")
-@click.option("--stage", type=click.Choice(["extract", "map"]), help="Only this stage.")
+@click.option("--stage", type=click.Choice(DEAD_LETTER_STAGES), help="Only this stage.")
 @click.option("--run/--no-run", default=True, show_default=True,
               help="Run the pipeline for them now; --no-run leaves them for the next run or the late-records sensor.")
 def dead_letters_retry(ids: tuple[int, ...], all_open: bool, source: str | None, stage: str | None, run: bool) -> None:
     """Try open dead letters again: map-stage records are mapped again from their stored observation,
-    extract-stage records are read again from their source. Fixed records resolve; the rest reopen."""
+    extract-stage records are read again from their source, webhook-stage events are applied again
+    (back to pending, then webhook_events_job). Fixed records resolve; the rest reopen."""
     import dagster as dg
 
     from kingtavo_pipeline.run_health import process_tags
@@ -546,14 +644,20 @@ def dead_letters_retry(ids: tuple[int, ...], all_open: bool, source: str | None,
     if not ids and not all_open:
         raise click.UsageError("name dead letter ids, or pass --all")
     store = _dead_letter_store()
+    from kingtavo_pipeline.defs.webhooks.runs import requeue_dead_letter_events
+
     with store.transaction() as conn:
         marked = mark_for_retry(conn, ids=list(ids) or None, source=source, stage=stage)
+        # a webhook-stage letter's event goes back to pending, in the same transaction
+        events = requeue_dead_letter_events(conn, [m[0] for m in marked if m[1] == "webhook"])
     if not marked:
         click.echo("No open dead letters match.")
         return
-    click.echo(f"{len(marked)} dead letter(s) marked for retry.")
+    click.echo(f"{len(marked)} dead letter(s) marked for retry."
+               + (f" {len(events)} webhook event(s) pending again." if events else ""))
     if not run:
-        click.echo("They will be taken by the next run of their source (extract) or of core (map).")
+        click.echo("They will be taken by the next run of their source (extract) or of core (map); webhook "
+                   "events by a run of webhook_events_job (the webhook sensor's sweep of events behind its cursor).")
         return
     from kingtavo_pipeline.definitions import defs as load_definitions
 
@@ -570,6 +674,12 @@ def dead_letters_retry(ids: tuple[int, ...], all_open: bool, source: str | None,
             job = definitions.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(keys))
             job.execute_in_process(instance=instance, partition_key=day, raise_on_error=False, tags=process_tags(),
                                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+        if events:
+            from kingtavo_pipeline.defs.webhooks.runs import apply_pending_now
+
+            click.echo(f"Applying {len(events)} webhook event(s) again (webhook_events_job) ...")
+            apply_pending_now(definitions, instance, store, tags=process_tags(),
+                              run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
         _run_late_ranges(instance, definitions, store)
     with store.transaction() as conn:
         after = list_dead_letters(conn, ids=[m[0] for m in marked], status=None, limit=len(marked))
@@ -583,7 +693,7 @@ def dead_letters_retry(ids: tuple[int, ...], all_open: bool, source: str | None,
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all", "all_open", is_flag=True, help="Every open dead letter (narrow with --source/--stage).")
 @click.option("--source", help="Only this source.")
-@click.option("--stage", type=click.Choice(["extract", "map"]), help="Only this stage.")
+@click.option("--stage", type=click.Choice(DEAD_LETTER_STAGES), help="Only this stage.")
 @click.option("--ignore", is_flag=True, help="Mark them ignored (never to be loaded) rather than resolved.")
 @click.option("--note", default="", help="Why, kept in the dead letter's resolution.")
 def dead_letters_resolve(ids: tuple[int, ...], all_open: bool, source: str | None, stage: str | None,

@@ -20,6 +20,7 @@ from kingtavo_pipeline.defs.core import entities as core_entities  # noqa: E402
 from kingtavo_pipeline.defs.core import sensors as core_sensors  # noqa: E402
 from kingtavo_pipeline.defs.ingest import api as ingest_api  # noqa: E402
 from kingtavo_pipeline.defs.ingest import assets as ingest  # noqa: E402
+from kingtavo_pipeline.defs import quality, webhooks  # noqa: E402
 from kingtavo_pipeline.defs.warehouse import assets as warehouse  # noqa: E402
 from kingtavo_pipeline.defs.warehouse import entities as warehouse_entities  # noqa: E402
 
@@ -28,5 +29,5 @@ from kingtavo_pipeline.defs.warehouse import entities as warehouse_entities  # n
 def defs() -> dg.Definitions:
     return dg.Definitions.merge(
         resources.defs(), ingest.defs(), ingest_api.defs(), core.defs(), core_entities.defs(), core_sensors.defs(),
-        warehouse.defs(), warehouse_entities.defs(), schedules.defs()
+        warehouse.defs(), warehouse_entities.defs(), schedules.defs(), webhooks.defs(), quality.defs()
     )

@@ -43,6 +43,14 @@ def test_demo_runs_on_fully_embedded_defaults(tmp_path):
     assert "PASS  core/unified_items core_reflects_raw" in text
     assert "PASS  warehouse/unified_items row_count_matches_core" in text
     assert "invalid_type" in text and "invalid_value" in text
+    # signed sandbox Salla webhooks through the ingress it started, applied by webhook_events_job
+    assert "Webhooks: 4 signed Salla deliveries posted to the ingress: 1 duplicate, 3 stored" in text, text
+    assert "webhook_events: 3 applied, 0 failed, 0 ignored, 0 pending" in text, text
+    changed = re.findall(r"salla/\d+ order \d+: (\w+) -> (\w+) \((\w+)\); orders_fact: (\w+) \([1-9]\d* line rows\)", text)
+    assert len(changed) == 3, text
+    # each status changed, and the warehouse shows core's new status
+    assert all(before != after and core == fact for before, after, core, fact in changed), changed
+    assert re.search(r"\(webhook_events_job\): SUCCESS", text), text
     assert "dagster dev" in text
     home = tmp_path / ".kingtavo"
     assert (home / "postgres" / "PG_VERSION").exists()
@@ -148,3 +156,53 @@ def test_dead_letters_command_lists_retries_and_resolves(store, postgres_url, cl
     assert "1 dead letter(s) ignored" in resolved
     assert "ORD-1019" not in kingtavo("list") and "ORD-1019" in kingtavo("list", "--status", "ignored")
     assert store.fetch_value("SELECT resolution FROM dead_letters WHERE source_id = 'ORD-1019'") == "cancelled order"
+
+
+def test_dead_letters_retry_applies_fixed_webhook_events_again(store, postgres_url, clickhouse_dsn, tmp_path):
+    """Stage webhook: a failed event goes back to pending and through webhook_events_job again; the
+    one fixed meanwhile (its stored payload corrected) resolves, the other reopens."""
+    import psycopg.types.json
+
+    from kingtavo_pipeline.defs.resources import PostgresResource
+    from kingtavo_pipeline.defs.webhooks.assets import raw_webhook_events
+
+    order = {"event": "order.updated", "merchant": 1234509876, "data": {
+        "id": 77, "reference_id": "R77", "status": {"slug": "completed"}, "currency": "SAR",
+        "date": {"date": "2024-11-02 10:00:00.000000", "timezone_type": 3, "timezone": "Asia/Riyadh"},
+        "updated_at": {"date": "2024-11-02 12:00:00.000000", "timezone_type": 3, "timezone": "Asia/Riyadh"},
+        "amounts": {"total": {"amount": 100, "currency": "SAR"}}}}  # no items: cannot be applied
+    with store.transaction() as conn:
+        for payload in (order, {"event": "foo.bar", "merchant": 1234509876, "data": {"id": 1}}):
+            conn.execute("INSERT INTO webhook_events (source_name, provider, event_type, dedupe_key, payload) "
+                         "VALUES ('salla', 'salla', %s, gen_random_uuid()::text, %s)",
+                         (payload["event"], psycopg.types.json.Jsonb(payload)))
+    with dg.instance_for_test() as instance:
+        dg.materialize([raw_webhook_events], instance=instance, resources={"postgres": PostgresResource()},
+                       tags={"dagster/asset_partition_range_start": "2024-11-01",
+                             "dagster/asset_partition_range_end": "2024-11-03", "kingtavo/events_orphans": "true"})
+    assert store.fetch_all("SELECT status FROM webhook_events ORDER BY id") == [("failed",), ("failed",)]
+    env = _clean_env(KINGTAVO_POSTGRES_URL=postgres_url, KINGTAVO_CLICKHOUSE_URL=clickhouse_dsn,
+                     KINGTAVO_HOME=str(tmp_path), DAGSTER_HOME=str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+
+    def kingtavo(*args: str) -> str:
+        out = subprocess.run([str(BIN / "kingtavo"), "dead-letters", *args], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out.stdout
+
+    listed = kingtavo("list", "--stage", "webhook")
+    assert "bad_payload" in listed and "unknown_event" in listed
+    # the operator fixes the order's stored payload (its lines were missing), then retries both
+    order["data"]["items"] = [{"id": 770, "name": "Shirt", "sku": "SH-1", "quantity": 1,
+                               "amounts": {"total": {"amount": 100, "currency": "SAR"}}}]
+    store.fetch_all("UPDATE webhook_events SET payload = %s WHERE event_type = 'order.updated' RETURNING id",
+                    (psycopg.types.json.Jsonb(order),))
+    retried = kingtavo("retry", "--stage", "webhook", "--all")
+    assert "2 dead letter(s) marked for retry. 2 webhook event(s) pending again." in retried, retried
+    assert "After the retry: 1 open, 1 resolved" in retried, retried
+    assert store.fetch_all("SELECT event_type, status FROM webhook_events ORDER BY id") == [
+        ("order.updated", "applied"), ("foo.bar", "failed")]
+    assert store.fetch_all("SELECT error_type, status, attempts FROM dead_letters ORDER BY id") == [
+        ("bad_payload", "resolved", 2), ("unknown_event", "open", 2)]
+    assert store.fetch_value("SELECT count(*) FROM raw_data WHERE source_id = '77'") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -27,7 +28,31 @@ def test_every_asset_is_described_owned_grouped_and_partitioned():
     assert {"core_reflects_raw", "row_count_matches_core"} <= checks
     assert definitions.resolve_job_def("unified_items_job") is not None
     assert sorted(s.name for s in definitions.schedules) == [
-        "api_changes_job_schedule", "api_sources_job_schedule", "salla_daily", "unified_items_job_schedule"]
+        "api_changes_job_schedule", "api_sources_hourly", "api_sources_job_schedule", "salla_daily", "salla_hourly",
+        "unified_items_job_schedule"]
+    assert {"webhook_events_sensor", "late_records_sensor", "quality_monitor"} <= {s.name for s in definitions.sensors}
+    assert "raw/webhooks/events" in keys and graph.get(dg.AssetKey(["core", "orders"])).parent_keys >= {
+        dg.AssetKey(["raw", "webhooks", "events"])}
+
+
+def test_jobs_leave_freshness_checks_to_their_sensor():
+    definitions = load_definitions()
+    for name in ("unified_items_job", "api_sources_job", "salla_job", "late_records_job", "webhook_events_job"):
+        job = definitions.resolve_job_def(name)
+        assert not [n for n in job.graph.node_defs if "freshness" in n.name], name
+    assert "quality_freshness" in {s.name for s in definitions.sensors}
+
+
+def test_daily_schedules_take_yesterday_and_hourly_ones_today():
+    definitions = load_definitions()
+    at = datetime.datetime(2026, 3, 10, 1, 30, tzinfo=datetime.timezone.utc)
+    daily = definitions.resolve_schedule_def("api_sources_job_schedule")
+    hourly = definitions.resolve_schedule_def("api_sources_hourly")
+    repository = definitions.get_repository_def()
+    with dg.build_schedule_context(scheduled_execution_time=at, repository_def=repository) as context:
+        assert [r.partition_key for r in daily.evaluate_tick(context).run_requests] == ["2026-03-09"]
+    with dg.build_schedule_context(scheduled_execution_time=at, repository_def=repository) as context:
+        assert [r.partition_key for r in hourly.evaluate_tick(context).run_requests] == ["2026-03-10"]
 
 
 def test_warehouse_steps_are_in_the_clickhouse_pool():

@@ -25,7 +25,7 @@ from kingtavo_pipeline_tests.http_servers import serve_app
 
 MERCHANT = "1234509876"
 # the sensor plans against the partitions that exist "now": fixed, so the tests do not age
-NOW = datetime(2024, 12, 1, 6, tzinfo=timezone.utc)  # last partition: 2024-11-30
+NOW = datetime(2024, 12, 1, 6, tzinfo=timezone.utc)  # last partition: 2024-12-01 (today, open)
 
 
 def salla_time(text: str) -> dict:
@@ -101,7 +101,7 @@ def test_a_tick_requests_one_run_per_day_range_and_moves_its_cursor(store, insta
         # the GitHub event and the unparseable one ride with the latest range, to be ignored / failed
         (f"webhooks:{c}-{e}", "2024-11-20", "2024-11-20", str(c), str(e), "true"),
     ]
-    assert all(r.tags["kingtavo/events_last_partition"] == "2024-11-30" for r in requests)
+    assert all(r.tags["kingtavo/events_last_partition"] == "2024-12-01" for r in requests)
     # the same tick again asks for the same runs (Dagster drops repeated run keys)
     assert [r.run_key for r in plan_requests(store, 0, now=NOW)[0]] == [r.run_key for r in requests]
     # past the cursor there is nothing new
@@ -142,16 +142,24 @@ def test_batches_are_bounded_and_every_event_is_requested_exactly_once(store, in
     assert store.fetch_value("SELECT count(DISTINCT source_id) FROM raw_data") == 25
 
 
+def test_events_of_today_get_todays_partition(store, instance):
+    event_id = insert_event(store, order_event(9, created="2024-12-01 05:00:00"))  # today at NOW
+    [request], _ = plan_requests(store, 0, now=NOW)
+    assert request.asset_selection is None  # the events' day exists: core and the warehouse follow
+    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"],
+            request.tags["kingtavo/events_orphans"]) == ("2024-12-01", "2024-12-01", "false")
+
+
 def test_events_of_a_day_without_a_partition_get_a_raw_only_run(store, instance):
-    event_id = insert_event(store, order_event(9, created="2024-12-01 10:00:00"))  # today at NOW
+    event_id = insert_event(store, order_event(9, created="2024-12-02 10:00:00"))  # tomorrow at NOW (clock skew)
     [request], _ = plan_requests(store, 0, now=NOW)
     assert request.asset_selection == [WEBHOOK_EVENTS_KEY]
     assert (request.tags["dagster/asset_partition_range_start"], request.tags["kingtavo/events_orphans"]) == (
-        "2024-11-30", "true")
+        "2024-12-01", "true")
     materialize(request, instance)
     assert events(store)[event_id][0] == "applied"
     # landed under its own day, where core takes it once the partition exists
-    assert store.fetch_all("SELECT partition_date FROM raw_data") == [(date(2024, 12, 1),)]
+    assert store.fetch_all("SELECT partition_date FROM raw_data") == [(date(2024, 12, 2),)]
 
 
 def test_stragglers_behind_the_cursor_are_requested_again(store, instance):

@@ -17,11 +17,14 @@ Deletions. ``product.deleted`` lands the product with ``status: "deleted"`` (the
 mapping knows that status), so the warehouse shows it deleted; ``order.deleted`` and
 ``customer.deleted`` are ignored with a reason: core has no tombstone for them.
 
-Printavo. A Printavo event (a webhook source whose name contains ``printavo``) should trigger a
-targeted re-pull of its invoice, but the connector has no fetch-one-by-id call: the event is landed
+Printavo. A Printavo event (a webhook source whose name contains ``printavo``) is landed as is
 when its payload carries the invoice node itself (``id`` and ``timestamps {createdAt updatedAt}``,
-at the top level or under ``data``/``invoice``/``quote``/``order``/``object``), else it fails with
-the reason, and the next incremental pull brings the change.
+at the top level or under ``data``/``invoice``/``quote``/``order``/``object``). An event that only
+names its record (an ``id`` there, without timestamps) gets the outcome **fetch**: the run re-pulls
+that one record through the Printavo connector (``fetch_one``) and lands what the API returns, or
+fails the event with the reason (then the next incremental pull brings the change, and
+``kingtavo dead-letters retry`` can try the event again). :func:`fetched_landing` turns the
+connector's record into the landing.
 
 Runs. :func:`plan_event_runs` groups a batch of pending events (in id order) by the day their
 entity belongs to into contiguous day ranges, one run each, with stable run keys. Events without a
@@ -53,7 +56,7 @@ SALLA_NOT_MODELLED = (
 # Salla entity families (``order.status.updated`` etc. are orders).
 SALLA_FAMILIES = {"order.": "orders", "product.": "products", "customer.": "customers"}
 
-Action = Literal["land", "fail", "ignore"]
+Action = Literal["land", "fail", "ignore", "fetch"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class Outcome:
     error_type: str | None = None
     reason: str | None = None
     entity: str | None = None  # for failures and ignores of a known entity (dead-letter labels)
+    source_id: str | None = None  # action "fetch": the record to re-pull
 
 
 def _fail(error_type: str, reason: str, entity: str | None = None) -> Outcome:
@@ -148,7 +152,19 @@ def _printavo_node(payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 def _printavo_entity(event_type: str | None, node: Mapping[str, Any]) -> str:
     kind = str(node.get("__typename") or event_type or "").lower()
-    return "quotes" if "quote" in kind else "invoices"
+    if "quote" in kind:
+        return "quotes"
+    if "customer" in kind or "contact" in kind:
+        return "customers"
+    return "invoices"
+
+
+def _printavo_reference(payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The object of a Printavo event that names a record by id only (no timestamps to date it)."""
+    for candidate in (*(payload.get(k) for k in PRINTAVO_CONTAINERS), payload):
+        if isinstance(candidate, Mapping) and _id(candidate.get("id")):
+            return candidate
+    return None
 
 
 def event_day(event: StoredEvent) -> date | None:
@@ -247,11 +263,15 @@ def _parse_printavo(event: StoredEvent) -> Outcome:
         return _fail("bad_payload", "the Printavo body is not a JSON object")
     node = _printavo_node(payload)
     if node is None:
-        return _fail("printavo_no_invoice",
-                     "the Printavo event carries no invoice node (id and timestamps {createdAt updatedAt}); the "
-                     "connector has no fetch-one-invoice call for a targeted re-pull, so the next incremental "
-                     "pull (api_changes_job) brings the change")
-    entity = _printavo_entity(event.event_type, node)
+        reference = _printavo_reference(payload)
+        if reference is None:
+            return _fail("printavo_no_invoice",
+                         "the Printavo event names no record (no 'id' at the top level or under "
+                         f"{'/'.join(PRINTAVO_CONTAINERS)}), so there is nothing to land or re-pull; the next "
+                         "incremental pull (api_changes_job) brings the change")
+        entity = _printavo_entity(_printavo_event_name(event, payload), reference)
+        return Outcome("fetch", entity=entity, source_id=str(reference["id"]))
+    entity = _printavo_entity(_printavo_event_name(event, payload), node)
     stamps = node["timestamps"]
     created = parse_printavo_datetime(stamps.get("createdAt"))
     updated = parse_printavo_datetime(stamps.get("updatedAt"))
@@ -259,6 +279,28 @@ def _parse_printavo(event: StoredEvent) -> Outcome:
         return _fail("missing_partition_date", "the Printavo invoice's timestamps.createdAt/updatedAt are missing or "
                      "not dates", entity)
     landing = Landing("printavo", entity, "", str(node["id"]), created, updated, dict(node))
+    return Outcome("land", landing, entity=entity)
+
+
+def _printavo_event_name(event: StoredEvent, payload: Mapping[str, Any]) -> str | None:
+    name = event.event_type or payload.get("event") or payload.get("type")
+    return name if isinstance(name, str) else None
+
+
+def fetched_landing(entity: str, record: Any, *, first_day: date | None = None) -> Outcome:
+    """The outcome of a re-pulled Printavo record (a connector ``SourceRecord``, or None when the
+    API no longer has it): land it like a pulled record, or fail with the reason."""
+    if record is None:
+        return _fail("not_found", f"the Printavo {entity} record named by the event was not found by the re-pull "
+                     "(deleted, or a wrong id)", entity)
+    if record.occurred_at is None:
+        return _fail("missing_partition_date", f"the re-pulled Printavo {entity} record {record.source_id} has no "
+                     "creation time, so it belongs to no daily partition", entity)
+    landing = Landing("printavo", record.entity or entity, "", str(record.source_id), record.occurred_at,
+                      record.updated_at, dict(record.payload))
+    if first_day is not None and landing.day < first_day:
+        return _fail("before_first_partition", f"the {entity} record {landing.source_id} was created on "
+                     f"{landing.day}, before the first partition ({first_day})", entity)
     return Outcome("land", landing, entity=entity)
 
 

@@ -223,3 +223,28 @@ def test_run_keys_are_stable_for_the_same_events():
     first, _ = plan_event_runs(events, cursor=0, first_day=FIRST, last_day=LAST)
     again, _ = plan_event_runs(list(reversed(events)), cursor=0, first_day=FIRST, last_day=LAST)
     assert [r.run_key for r in first] == [r.run_key for r in again] == ["webhooks:1-29"]
+
+
+def test_a_printavo_event_naming_its_record_asks_for_a_re_pull():
+    outcome = parse_event(StoredEvent(1, "printavo", "hmac", "invoice.updated", None, {"data": {"id": "inv-9"}}))
+    assert (outcome.action, outcome.entity, outcome.source_id, outcome.landing) == ("fetch", "invoices", "inv-9", None)
+    quote = parse_event(StoredEvent(2, "printavo", "hmac", None, None, {"type": "quote.updated", "id": "q-1"}))
+    assert (quote.action, quote.entity, quote.source_id) == ("fetch", "quotes", "q-1")
+    # no day of its own: the sensor plans it with the orphans (a raw run lands it under its own day)
+    assert event_day(StoredEvent(1, "printavo", "hmac", "invoice.updated", None, {"data": {"id": "inv-9"}})) is None
+
+
+def test_a_re_pulled_record_lands_like_a_pulled_one_or_fails_with_the_reason():
+    from kingtavo_pipeline.connectors.base import SourceRecord
+    from kingtavo_pipeline.transform.webhook_events import fetched_landing
+
+    node = invoice()
+    record = SourceRecord("invoices", "inv-9", node, datetime(2024, 11, 2, 8, tzinfo=timezone.utc),
+                          datetime(2024, 11, 4, 10, tzinfo=timezone.utc))
+    landed = fetched_landing("invoices", record)
+    assert (landed.action, landed.landing.source_type, landed.landing.source_id, landed.landing.day) == (
+        "land", "printavo", "inv-9", date(2024, 11, 2))
+    assert landed.landing.payload == node
+    assert (fetched_landing("invoices", None).action, fetched_landing("invoices", None).error_type) == ("fail", "not_found")
+    old = fetched_landing("invoices", record, first_day=date(2025, 1, 1))
+    assert (old.action, old.error_type) == ("fail", "before_first_partition")

@@ -25,6 +25,7 @@ from kingtavo_pipeline.defs.ingest.assets import OWNER, SOURCES
 from kingtavo_pipeline.defs.partitions import daily_partitions, single_run_backfill
 from kingtavo_pipeline.defs.resources import PostgresResource
 from kingtavo_pipeline.defs.runs import partition_label, utc_window
+from kingtavo_pipeline.defs.webhooks.assets import WEBHOOK_EVENTS_KEY
 from kingtavo_pipeline.transform.entities import ENTITY_TABLES, EntityMapper
 from kingtavo_pipeline.storage.bookkeeping import (
     etl_run,
@@ -85,7 +86,8 @@ CORE_ENTITY_SPECS = [
         key=["core", table],
         description=f"{table.replace('_', ' ').capitalize()} of every API source (PostgreSQL public.{table}), "
         "upserted on (source_type, source_name, merchant_id, source_id); the newer source version wins.",
-        deps=[a.key for a in api_raw_assets],
+        # webhook events land Salla entities as raw observations too (raw/webhooks/events)
+        deps=[a.key for a in api_raw_assets] + ([WEBHOOK_EVENTS_KEY] if SOURCES.salla or SOURCES.printavo else []),
         group_name="core",
         kinds={"postgres", "pandas"},
         owners=[OWNER],

@@ -13,6 +13,7 @@ import dagster as dg
 
 from kingtavo_pipeline.defs.partitions import daily_partitions
 from kingtavo_pipeline.defs.resources import PostgresResource
+from kingtavo_pipeline.defs.schedules import data_selection
 from kingtavo_pipeline.storage.bookkeeping import unprocessed_partitions
 from kingtavo_pipeline.storage.postgres import PostgresStore
 from kingtavo_pipeline.transform.late import LateRange, PendingDay, plan_late_runs
@@ -20,7 +21,7 @@ from kingtavo_pipeline.transform.late import LateRange, PendingDay, plan_late_ru
 late_records_job = dg.define_asset_job(
     name="late_records_job",
     # every core and warehouse asset: a day's untaken records may belong to any source
-    selection=dg.AssetSelection.groups("core", "warehouse"),
+    selection=data_selection(dg.AssetSelection.groups("core", "warehouse")),
     description="Map the records that landed after their day was processed into core and copy the days to the warehouse.",
 )
 

@@ -8,6 +8,14 @@ as an observation and core's version rule keeps the newer), marks each event ``a
 ``failed`` (with a dead letter, stage ``webhook``) or ``ignored`` (with the reason), with
 ``processed_at`` and the run id. Run without the tags (a manual materialization), it applies every
 pending event whose entity belongs to the selected days.
+
+A Printavo event that names its record without carrying it is a targeted re-pull: the run fetches
+that one record through the Printavo connector (``fetch_one``) and lands it like a pulled record
+(under its own day, where core takes it through the late-records sensor).
+
+Retry: ``kingtavo dead-letters retry`` puts the failed events of the letters it retries back to
+``pending`` (:func:`requeue_failed_events`) and runs them again; an event that now lands (or is
+ignored) resolves its dead letter, one that fails again reopens it.
 """
 
 
@@ -27,6 +35,8 @@ from kingtavo_pipeline.defs.ingest.assets import OWNER
 from kingtavo_pipeline.defs.partitions import FIRST_DAY, daily_partitions, single_run_backfill
 from kingtavo_pipeline.defs.resources import PostgresResource
 from kingtavo_pipeline.defs.runs import partition_label, utc_window
+from kingtavo_pipeline.extract.http import HttpError, NotFoundError
+from kingtavo_pipeline.sources.config import SourceConfigError
 from kingtavo_pipeline.storage.bookkeeping import etl_run, land_raw, record_dead_letters
 from kingtavo_pipeline.transform.webhook_events import (
     SALLA_PROVIDERS,
@@ -34,6 +44,7 @@ from kingtavo_pipeline.transform.webhook_events import (
     Outcome,
     StoredEvent,
     event_day,
+    fetched_landing,
     is_printavo,
     newest_last,
     parse_event,
@@ -62,6 +73,62 @@ MARK = """
 UPDATE webhook_events w SET status = v.status, error = v.error, processed_at = now(), run_id = %s
 FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(id, status, error) WHERE w.id = v.id
 """
+
+# An event that lands or is ignored now closes the dead letter an earlier attempt left.
+RESOLVE_LETTERS = """
+UPDATE dead_letters SET status = 'resolved', resolved_at = now(), resolution = %s || ' by run ' || %s
+WHERE stage = 'webhook' AND status IN ('open', 'retrying') AND source_id = ANY(%s)
+"""
+
+REQUEUE_FAILED = """
+UPDATE webhook_events SET status = 'pending', error = NULL, processed_at = NULL, run_id = NULL
+WHERE id = ANY(%s) AND status = 'failed' RETURNING id
+"""
+
+
+def requeue_failed_events(conn: psycopg.Connection, event_ids: Iterable[int]) -> list[int]:
+    """Failed events -> ``pending`` again (a retry); returns the ids requeued, in order."""
+    ids = sorted({int(i) for i in event_ids})
+    return sorted(r[0] for r in conn.execute(REQUEUE_FAILED, (ids,)).fetchall()) if ids else []
+
+
+class PrintavoFetcher:
+    """Targeted re-pulls: one Printavo record per ``fetch`` outcome, through the configured Printavo
+    source's connector (built on first use, closed with :meth:`close`)."""
+
+    def __init__(self, store):
+        self.store = store
+        self._connector = None
+        self.fetched = 0
+
+    def __call__(self, entity: str, source_id: str, first_day: date) -> Outcome:
+        sources = ingest_assets.SOURCES.printavo
+        if not sources:
+            return Outcome("fail", error_type="no_source", entity=entity,
+                           reason="a Printavo event asks for a re-pull, but no Printavo source is configured")
+        try:
+            if self._connector is None:
+                from kingtavo_pipeline.defs.ingest.connectors import connector_for
+
+                self._connector = connector_for(sources[0], entity, "", self.store)
+            fetch_one = getattr(self._connector, "fetch_one", None)
+            if fetch_one is None:
+                return Outcome("fail", error_type="no_fetch_one", entity=entity, reason=(
+                    "the Printavo connector has no fetch_one(entity, id) for a targeted re-pull; the next "
+                    "incremental pull (api_changes_job) brings the change"))
+            record = fetch_one(entity, source_id)
+        except NotFoundError:
+            record = None
+        except (HttpError, SourceConfigError, ValueError) as exc:
+            return Outcome("fail", error_type="refetch_failed", entity=entity,
+                           reason=f"re-pull of Printavo {entity} {source_id} failed: {' '.join(str(exc).split())}")
+        self.fetched += 1
+        return fetched_landing(entity, record, first_day=first_day)
+
+    def close(self) -> None:
+        if self._connector is not None:
+            self._connector.close()
+            self._connector = None
 
 
 def salla_source_name(merchant_id: str) -> str:
@@ -100,6 +167,8 @@ class Tally:
     superseded: int = 0  # an older version of a record applied in the same batch as a newer one
     observed: int = 0  # new raw observations
     dead_letters: int = 0
+    resolved: int = 0  # dead letters of earlier attempts closed because the event now applied
+    refetched: int = 0  # Printavo records re-pulled for events that named them
     days: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)
     ignores: Counter = field(default_factory=Counter)
@@ -154,17 +223,30 @@ def _dead_letters(conn: psycopg.Connection, failed: list[tuple[StoredEvent, Outc
 
 
 def apply_events(conn: psycopg.Connection, events: Iterable[StoredEvent], *, run_id: str, tally: Tally,
-                 first_day: date) -> None:
-    """Land, fail or ignore events (already locked) and mark them, in the caller's transaction."""
+                 first_day: date, fetcher: PrintavoFetcher | None = None) -> None:
+    """Land, fail or ignore events (already locked) and mark them, in the caller's transaction.
+    ``fetch`` outcomes (Printavo events naming a record) are re-pulled through ``fetcher``."""
     outcomes = [(event, parse_event(event, first_day=first_day)) for event in events]
     if not outcomes:
         return
+    for i, (event, outcome) in enumerate(outcomes):
+        if outcome.action == "fetch":
+            if fetcher is None:
+                outcome = Outcome("fail", error_type="no_fetch_one", entity=outcome.entity,
+                                  reason="a Printavo re-pull was asked for, but this run has no connector")
+            else:
+                outcome = fetcher(outcome.entity or "invoices", outcome.source_id or "", first_day)
+                tally.refetched += 1
+            outcomes[i] = (event, outcome)
     _land(conn, outcomes, run_id, tally)
     failed = [(e, o) for e, o in outcomes if o.action == "fail"]
     tally.dead_letters += _dead_letters(conn, failed, run_id)
     status = {"land": "applied", "fail": "failed", "ignore": "ignored"}
     conn.execute(MARK, (run_id, [e.id for e, _ in outcomes], [status[o.action] for _, o in outcomes],
                         [o.reason if o.action != "land" else None for _, o in outcomes]))
+    done = [str(e.id) for e, o in outcomes if o.action in ("land", "ignore")]
+    if done:
+        tally.resolved += conn.execute(RESOLVE_LETTERS, ("applied", run_id, done)).rowcount
     for _, outcome in outcomes:
         if outcome.action == "land":
             tally.applied += 1
@@ -208,6 +290,14 @@ def run_claim(context: dg.AssetExecutionContext) -> Claim:
 
 def apply_pending(store, claim: Claim, run_id: str, chunk: int = CHUNK_EVENTS) -> Tally:
     """Apply the claim's pending events chunk by chunk, one transaction per chunk."""
+    fetcher = PrintavoFetcher(store)
+    try:
+        return _apply_pending(store, claim, run_id, chunk, fetcher)
+    finally:
+        fetcher.close()
+
+
+def _apply_pending(store, claim: Claim, run_id: str, chunk: int, fetcher: PrintavoFetcher) -> Tally:
     tally = Tally()
     first_day = date.fromisoformat(FIRST_DAY)
     after = claim.first_id - 1
@@ -222,7 +312,7 @@ def apply_pending(store, claim: Claim, run_id: str, chunk: int = CHUNK_EVENTS) -
                 locked = {r[0] for r in conn.execute(LOCK_PENDING, ([e.id for e in mine],)).fetchall()}
                 events = [e for e in mine if e.id in locked]  # another run may have applied some meanwhile
                 tally.claimed += len(events)
-                apply_events(conn, events, run_id=run_id, tally=tally, first_day=first_day)
+                apply_events(conn, events, run_id=run_id, tally=tally, first_day=first_day, fetcher=fetcher)
         if len(rows) < chunk:
             break
     return tally
@@ -273,6 +363,8 @@ def raw_webhook_events(context: dg.AssetExecutionContext, postgres: PostgresReso
             "events_superseded_in_batch": dg.MetadataValue.int(tally.superseded),
             "records_new": dg.MetadataValue.int(tally.observed),
             "dead_letters": dg.MetadataValue.int(tally.dead_letters),
+            "dead_letters_resolved": dg.MetadataValue.int(tally.resolved),
+            "records_refetched": dg.MetadataValue.int(tally.refetched),
             "days_landed": dg.MetadataValue.json(dict(sorted(tally.days.items()))),
             "failure_reasons": dg.MetadataValue.json(_top(tally.failures)),
             "ignore_reasons": dg.MetadataValue.json(_top(tally.ignores)),

@@ -12,7 +12,9 @@ The id cursor assumes events become visible in id order. Two ingress transaction
 of order, so an event can appear behind the cursor; such stragglers (pending, behind the cursor,
 received over ``STRAGGLER_AGE`` ago) are requested again under ``webhooks:<first>-<last>:retry``.
 The same sweep gives events of a failed run one more automatic attempt; later ones are re-executed
-by hand.
+by hand. Events that failed to apply (dead letters, stage ``webhook``) are retried with
+``kingtavo dead-letters retry --stage webhook``, which puts them back to pending and runs them
+(:mod:`~kingtavo_pipeline.defs.webhooks.runs`).
 """
 
 
@@ -22,6 +24,7 @@ import dagster as dg
 
 from kingtavo_pipeline.defs.partitions import FIRST_DAY, daily_partitions
 from kingtavo_pipeline.defs.resources import PostgresResource
+from kingtavo_pipeline.defs.schedules import data_selection
 from kingtavo_pipeline.defs.webhooks.assets import (
     EVENTS_FROM_TAG,
     EVENTS_TO_TAG,
@@ -49,8 +52,8 @@ WAREHOUSE_KEYS = [["warehouse", "orders_fact"], ["warehouse", "customers_dim"], 
 
 webhook_events_job = dg.define_asset_job(
     name="webhook_events_job",
-    # core_entities is one multi-asset that cannot be subset: all four of its keys
-    selection=dg.AssetSelection.assets(WEBHOOK_EVENTS_KEY, *CORE_KEYS, *WAREHOUSE_KEYS),
+    # the events' entities, then core_entities (all four keys: it cannot be subset) and the orders star
+    selection=data_selection(dg.AssetSelection.assets(WEBHOOK_EVENTS_KEY).downstream()),
     description="Apply pending webhook events to raw_data, map their days into core and copy them to the warehouse.",
     tags={"layer": "webhooks"},
 )
