@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kingtavo_pipeline.config_errors import format_validation_errors
 from kingtavo_pipeline.mapping.engine import CompiledMapping, MappingError
 from kingtavo_pipeline.mapping.spec import MappingSpec
 
@@ -21,11 +22,6 @@ class MappingFileError(ValueError):
     """A mapping file that cannot be used; the message starts with the file and the field."""
 
 
-def _location(loc: tuple[Any, ...]) -> str:
-    # pydantic adds the model/validator name to union and "after" errors; the path is what matters
-    return ".".join(str(part) for part in loc if not (isinstance(part, str) and part.startswith(("function-", "TransformCall"))))
-
-
 def parse_mapping(data: Any, source: str = "<mapping>") -> MappingSpec:
     """A decoded mapping document -> :class:`MappingSpec`, or :class:`MappingFileError`."""
     if not isinstance(data, dict):
@@ -33,14 +29,7 @@ def parse_mapping(data: Any, source: str = "<mapping>") -> MappingSpec:
     try:
         return MappingSpec.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = _location(error["loc"]) or "(top level)"
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown key"
-            problems.append(f"{where}: {message}")
-        raise MappingFileError(f"{source}: " + "; ".join(problems)) from None
+        raise MappingFileError(f"{source}: {format_validation_errors(exc)}") from None
 
 
 def load_mapping(path: str | Path) -> MappingSpec:

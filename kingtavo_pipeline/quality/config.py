@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from kingtavo_pipeline.config_errors import format_validation_errors
+
 QUALITY_FILE_ENV = "KINGTAVO_QUALITY_FILE"
 
 Severity = Literal["ERROR", "WARN"]
@@ -167,24 +169,6 @@ def default_quality_path() -> Path:
     return Path(__file__).resolve().parent.parent / "quality.yaml"
 
 
-def _format(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        path = [p for p in err["loc"] if p != "[key]"]
-        loc = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(path))
-        loc = loc or "<root>"
-        if "[key]" in err["loc"] and err["type"] == "literal_error":
-            msg = f"unknown key; {err['msg'][0].lower()}{err['msg'][1:]}"
-        elif err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "literal_error":
-            msg = err["msg"]
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {' '.join(msg.split())}")
-    return "; ".join(parts)
-
-
 def parse_quality_config(data: Any, origin: str = "<quality config>") -> QualityConfig:
     if data is None:
         data = {}
@@ -193,7 +177,7 @@ def parse_quality_config(data: Any, origin: str = "<quality config>") -> Quality
     try:
         config = QualityConfig.model_validate(data)
     except ValidationError as exc:
-        raise QualityConfigError(f"{origin}: {_format(exc)}") from None
+        raise QualityConfigError(f"{origin}: {format_validation_errors(exc)}") from None
     config._origin = origin
     return config
 

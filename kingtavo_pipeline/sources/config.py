@@ -7,7 +7,6 @@ models always hold absolute paths (or http(s) URLs for feeds).
 from __future__ import annotations
 
 import codecs
-import difflib
 import glob
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ..config_errors import format_validation_errors
 from ..connectors.rest import RestSourceConfig
 from ..transform.unified import UNIFIED_FIELDS
 
@@ -362,28 +362,9 @@ class SourcesConfig(_Model):
 _MODELS = {"csv": CsvSource, "rss": RssSource, "printavo": PrintavoSource, "salla": SallaSource, "strapi": StrapiSource, "rest": RestSource}
 
 
-def _unknown_key(loc: tuple) -> str:
-    """'unknown key', with the closest allowed key when there is one (``pth`` -> ``path``)."""
-    key = str(loc[-1])
+def _allowed_keys(loc: tuple) -> list[str]:
     model = _MODELS.get(str(loc[0])) if len(loc) == 3 else SourcesConfig if len(loc) == 1 else None
-    allowed = list(model.model_fields) if model else []
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}" if allowed else ""
-    return f"unknown key {key!r}" + (f" ({hint})" if hint else "")
-
-
-def _format_errors(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(err["loc"]))
-        if err["type"] == "extra_forbidden":
-            msg = _unknown_key(err["loc"])
-        elif err["type"] == "missing":
-            msg = f"required key {str(err['loc'][-1])!r} is missing"
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc or '<root>'}: {' '.join(msg.split())}")
-    return "; ".join(parts)
+    return list(model.model_fields) if model else []
 
 
 def parse_sources(data: Any, base_dir: str | Path, origin: str = "<sources>") -> SourcesConfig:
@@ -397,7 +378,9 @@ def parse_sources(data: Any, base_dir: str | Path, origin: str = "<sources>") ->
     try:
         return SourcesConfig.model_validate(data, context={"base_dir": Path(base_dir)})
     except ValidationError as exc:
-        raise SourceConfigError(f"sources file {origin} is invalid: {_format_errors(exc)}") from None
+        raise SourceConfigError(
+            f"sources file {origin} is invalid: {format_validation_errors(exc, allowed_keys=_allowed_keys)}"
+        ) from None
 
 
 def load_sources(path: str | Path) -> SourcesConfig:

@@ -4,10 +4,9 @@ them (several = rotation: every one that is set is accepted)."""
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..config_errors import format_validation_errors
 from .schemes import DEFAULT_TOLERANCE_SECONDS, PROVIDERS, HmacOptions, standard_secret_bytes
 
 WEBHOOKS_FILE_ENV = "KINGTAVO_WEBHOOKS_FILE"
@@ -107,34 +107,20 @@ class WebhooksConfig(BaseModel):
         raise KeyError(f"no webhook source named {name!r}")
 
 
-def _unknown_key(loc: tuple) -> str:
-    key = str(loc[-1])
-    allowed = list(WebhookSource.model_fields) if len(loc) == 3 else list(WebhooksConfig.model_fields)
-    close = difflib.get_close_matches(key, allowed, n=1)
-    return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})")
+def _allowed_keys(loc: tuple) -> list[str]:
+    return list(WebhookSource.model_fields) if len(loc) == 3 else list(WebhooksConfig.model_fields)
 
 
-def _format_errors(exc: ValidationError, data: Any) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = err["loc"]
-        where = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
-        # name the source too: "webhooks[1] (stripe).tolerance_seconds" reads better than an index
-        if len(loc) >= 2 and loc[0] == "webhooks" and isinstance(loc[1], int):
-            try:
-                name = data["webhooks"][loc[1]].get("name")
-            except (KeyError, IndexError, TypeError, AttributeError):
-                name = None
-            if name:
-                where = where.replace(f"webhooks[{loc[1]}]", f"webhooks[{loc[1]}] ({name})", 1)
-        if err["type"] == "extra_forbidden":
-            msg = _unknown_key(loc)
-        elif err["type"] == "missing":
-            msg = f"required key {str(loc[-1])!r} is missing"
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{where or '<root>'}: {' '.join(msg.split())}")
-    return "; ".join(parts)
+def _entry_name(data: Any) -> Callable[[tuple], str | None]:
+    """The ``name`` of the entry an error is in: "webhooks[1] (stripe)" reads better than an index."""
+
+    def name(loc: tuple) -> str | None:
+        try:
+            return data["webhooks"][loc[1]].get("name") if loc[0] == "webhooks" else None
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return None
+
+    return name
 
 
 def parse_webhooks(data: Any, origin: str = "<webhooks>") -> WebhooksConfig:
@@ -146,7 +132,7 @@ def parse_webhooks(data: Any, origin: str = "<webhooks>") -> WebhooksConfig:
     try:
         return WebhooksConfig.model_validate(data)
     except ValidationError as exc:
-        raise WebhookConfigError(f"webhooks file {origin} is invalid: {_format_errors(exc, data)}") from None
+        raise WebhookConfigError(f"webhooks file {origin} is invalid: {format_validation_errors(exc, allowed_keys=_allowed_keys, label=_entry_name(data))}") from None
 
 
 def load_webhooks(path: str | Path) -> WebhooksConfig:

@@ -415,7 +415,7 @@ HEAD = "integration: t\nentity: e\ntargets:\n  things:\n    fields:\n"
         ("      id: {path: id, colour: red}\n", "targets.things.fields.id.colour: unknown key"),
         ("      id: {path: id, type: money}\n", "targets.things.fields.id.type: Input should be"),
         ("      id: {path: id, required: maybe}\n", "targets.things.fields.id.required: Input should be a valid boolean"),
-        ("      id: {path: id, transform: shout}\n", "targets.things.fields.id.transform.0: unknown transform 'shout'"),
+        ("      id: {path: id, transform: shout}\n", "targets.things.fields.id.transform[0]: unknown transform 'shout'"),
         ("      id: {path: id, transform: {name: concat, glue: x}}\n", "unknown parameter(s) ['glue']"),
         ("      id: {path: 'a..b'}\n", "targets.things.fields.id.path: 'a..b' is not a dotted path"),
         ("      id: {path: id, const: 1}\n", "targets.things.fields.id: give exactly one of path, paths, const"),
@@ -433,6 +433,6 @@ def test_loader_errors_for_expand_overrides_and_syntax(tmp_path):
         tmp_path, "integration: t\nentity: e\ntargets:\n  lines:\n    expand: items\n    fields:\n      id: {path: id}\n")
     assert "overrides.m1.fields.nope: no such field" in _load_error(
         tmp_path, HEAD + "      id: {path: id}\noverrides:\n  m1:\n    fields:\n      nope: {path: x}\n")
-    assert "targets: Field required" in _load_error(tmp_path, "integration: t\nentity: e\n")
+    assert "targets: required key 'targets' is missing" in _load_error(tmp_path, "integration: t\nentity: e\n")
     assert "not valid YAML" in _load_error(tmp_path, "integration: [unclosed\n")
     assert "not valid JSON" in _load_error(tmp_path, "{bad", name="bad.json")
