@@ -168,7 +168,13 @@ def test_stragglers_behind_the_cursor_are_requested_again(store, instance):
     # the cursor already passed `old` (it committed after `newer` was read, say)
     requests, cursor = plan_requests(store, newer, now=NOW)
     assert cursor == newer
-    assert [r.run_key for r in requests] == [f"webhooks:{old}-{old}:retry"]
+    window = int(NOW.timestamp() // 600)
+    assert [r.run_key for r in requests] == [f"webhooks:{old}-{old}:retry-{window}"]
+    # the same window asks under the same key (Dagster runs it once); the next window asks anew,
+    # so an event put back to pending after a failed run is not dropped as a used run key
+    assert [r.run_key for r in plan_requests(store, newer, now=NOW)[0]] == [f"webhooks:{old}-{old}:retry-{window}"]
+    later = NOW + timedelta(minutes=10)
+    assert [r.run_key for r in plan_requests(store, newer, now=later)[0]] == [f"webhooks:{old}-{old}:retry-{window + 1}"]
     materialize(requests[0], instance)
     assert events(store)[old][0] == "applied"
     assert plan_requests(store, newer, now=NOW) == ([], newer)

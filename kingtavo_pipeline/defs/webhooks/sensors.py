@@ -10,9 +10,9 @@ the latest range, or get a run of their own that only applies raw: nothing is sk
 
 The id cursor assumes events become visible in id order. Two ingress transactions can commit out
 of order, so an event can appear behind the cursor; such stragglers (pending, behind the cursor,
-received over ``STRAGGLER_AGE`` ago) are requested again under ``webhooks:<first>-<last>:retry``.
-The same sweep gives events of a failed run one more automatic attempt; later ones are re-executed
-by hand. Events that failed to apply (dead letters, stage ``webhook``) are retried with
+received over ``STRAGGLER_AGE`` ago) are requested again under ``webhooks:<first>-<last>:retry-<w>``
+(``w`` counts straggler windows since the epoch). The same sweep retries the events of a failed run,
+and events put back to pending by hand, once per window until they are applied, failed or ignored. Events that failed to apply (dead letters, stage ``webhook``) are retried with
 ``kingtavo dead-letters retry --stage webhook``, which puts them back to pending and runs them
 (:mod:`~kingtavo_pipeline.defs.webhooks.runs`).
 """
@@ -118,7 +118,11 @@ def plan_requests(store: PostgresStore, cursor: int, *, now: datetime | None = N
                                        max_runs=max_runs)
     retries, _ = plan_event_runs(_pending(late), cursor=0, first_day=first_day, last_day=last_day, max_runs=max_runs)
     requests = [run_request(r, last_day) for r in runs]
-    requests += [run_request(r, last_day, key_suffix=":retry") for r in retries]
+    # one retry per straggler window: a key of its own each window, so events put back to pending
+    # (a failed run, `dead-letters retry --no-run`) are requested again rather than dropped as a
+    # run key already used
+    window = int(now.timestamp() // straggler_age.total_seconds())
+    requests += [run_request(r, last_day, key_suffix=f":retry-{window}") for r in retries]
     return requests, new_cursor
 
 
