@@ -146,8 +146,9 @@ def loaded(tmp_path_factory):
         for day in DAYS:
             key = dg.MultiPartitionKey({"date": day, "merchant": merchant.merchant_id})
             assert dg.materialize(salla, partition_key=key, resources=resources, instance=instance).success
-        # customers are dated by their creation (some long before the orders): every order finds its customer
-        customers = [a for a in raw_assets if a.key.path[-1] == "customers"]
+        # customers and products are dated by their creation (some long before the orders): every
+        # order finds its customer, and the products have days of their own
+        customers = [a for a in raw_assets if a.key.path[-1] in ("customers", "products")]
         first = FIRST_DAY
         ranged = {"dagster/asset_partition_range_start": str(dg.MultiPartitionKey({"date": first, "merchant": merchant.merchant_id})),
                   "dagster/asset_partition_range_end": str(dg.MultiPartitionKey({"date": "2026-11-30", "merchant": merchant.merchant_id}))}
@@ -275,6 +276,50 @@ def test_each_entity_check_fails_for_the_reason_it_names(loaded):
     dupes = [e for (a, c, p), e in customer_checks.items() if c == "unique_email" and not e.passed]
     assert dupes and all(e.severity == dg.AssetCheckSeverity.WARN for e in dupes)
     assert sum(values(e)["violations"] for e in dupes) == 2
+
+
+def test_product_checks_fail_for_the_reason_they_name(loaded):
+    store = loaded.store
+    # products are dated by their creation (before the orders): a day with two Salla products (two),
+    # and the latest other day with one (one)
+    two = store.fetch_value("SELECT partition_date::text FROM products WHERE source_type = 'salla' "
+                            "GROUP BY partition_date HAVING count(*) >= 2 ORDER BY partition_date DESC LIMIT 1")
+    one = store.fetch_value("SELECT max(partition_date)::text FROM products WHERE source_type = 'salla' "
+                            "AND partition_date <> %s", (two,))
+    ids = [r[0] for d, n in ((one, 1), (two, 2)) for r in store.fetch_all(
+        f"SELECT id FROM products WHERE partition_date = '{d}' AND source_type = 'salla' ORDER BY id LIMIT {n}")]
+    ids.insert(1, ids[0])  # the product of `one` takes two faults
+    first, last = (str(d) for d in store.fetch_all("SELECT min(partition_date), max(partition_date) FROM products")[0])
+    key = {i: key_of(store, "products", f"id = {i}") for i in ids}
+    saved = store.fetch_all("SELECT id, name, currency, price, sku FROM products WHERE id = ANY(%s)", (list(set(ids)),))
+    clean = loaded.run("core_products_quality_checks", start=first, end=last)
+    assert clean.success and all(e.passed for e in evaluations(clean).values())
+    try:
+        with store.transaction() as conn:
+            conn.execute(f"UPDATE products SET sku = NULL WHERE id = {ids[0]}")                       # completeness
+            conn.execute(f"UPDATE products SET currency = 'RIYAL' WHERE id = {ids[1]}")               # validity
+            conn.execute(f"UPDATE products SET price = -abs(price) - 1 WHERE id = {ids[2]}")          # money
+            conn.execute(f"UPDATE products SET sku = (SELECT sku FROM products WHERE id = {ids[2]}) "  # unique SKU
+                         f"WHERE id = {ids[3]}")
+        result = loaded.run("core_products_quality_checks", start=first, end=last)
+        assert not result.success  # a negative price blocks the products dimension
+        found = evaluations(result)
+        for check, bad in (("completeness", one), ("validity", one), ("money_non_negative", two), ("unique_sku", two)):
+            verdict = verdicts(result, PRODUCTS, check)
+            assert verdict[bad] is False and all(v for d, v in verdict.items() if d != bad), (check, verdict)
+        assert values(found[(PRODUCTS, "completeness", one)])["failing_columns"] == ["sku"]
+        assert values(found[(PRODUCTS, "completeness", one)])["sample_keys"] == [key[ids[0]]]
+        assert values(found[(PRODUCTS, "validity", one)])["failing_rules"] == ["currency:currency"]
+        money = found[(PRODUCTS, "money_non_negative", two)]
+        assert values(money)["sample_keys"] == [key[ids[2]]] and money.blocking
+        assert money.severity == dg.AssetCheckSeverity.ERROR
+        unique = found[(PRODUCTS, "unique_sku", two)]
+        assert unique.severity == dg.AssetCheckSeverity.WARN and values(unique)["violations"] == 2
+    finally:
+        with store.transaction() as conn:
+            for row in saved:
+                conn.execute("UPDATE products SET name = %s, currency = %s, price = %s, sku = %s WHERE id = %s",
+                             (*row[1:], row[0]))
 
 
 def test_warehouse_checks_catch_duplicates_and_drift_from_core(loaded):
