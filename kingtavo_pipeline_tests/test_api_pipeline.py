@@ -11,7 +11,15 @@ import pytest
 
 from kingtavo_pipeline.connectors.salla import parse_salla_datetime
 from kingtavo_pipeline.sandbox import Sandbox, SandboxConfig
-from kingtavo_pipeline.storage.credentials import save_credentials
+from kingtavo_pipeline_tests.pipeline_helpers import (
+    daily_raw_assets,
+    partition_range,
+    salla_key,
+    salla_raw_assets,
+    sandbox_credentials,
+    sandbox_sources_yaml,
+    use_api_sources,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,35 +37,12 @@ def sandbox():
 @pytest.fixture
 def api_graph(sandbox, tmp_path, monkeypatch, store):
     """Printavo and one Salla merchant as the API sources; returns (raw assets, resources, merchant)."""
-    import kingtavo_pipeline.defs.core.entities as core_entities
-    import kingtavo_pipeline.defs.ingest.api as ingest_api
-    from kingtavo_pipeline.definitions import defs
-    from kingtavo_pipeline.sources.config import load_sources
-
     box, base_url = sandbox
-    creds = box.credentials
-    merchant = creds.salla_merchants[0]
-    (tmp_path / "sources.yaml").write_text(
-        f"printavo:\n  - name: printavo\n    base_url: {base_url}/printavo/api/v2\n    entities: [invoices, customers]\n"
-        f"    requests_per_window: 1000\n    window_seconds: 1\n"
-        f"salla:\n  - name: salla\n    base_url: {base_url}/salla/admin/v2\n    token_url: {base_url}/salla/oauth2/token\n"
-        f"    requests_per_minute: 6000\n    merchants: ['{merchant.merchant_id}']\n"
-    )
-    sources = load_sources(tmp_path / "sources.yaml")
-    for module in (ingest_api, core_entities):
-        monkeypatch.setattr(module, "SOURCES", sources)
-    monkeypatch.setenv("PRINTAVO_EMAIL", creds.printavo_email)
-    monkeypatch.setenv("PRINTAVO_TOKEN", creds.printavo_token)
-    monkeypatch.setenv("SALLA_CLIENT_ID", creds.salla_client_id)
-    monkeypatch.setenv("SALLA_CLIENT_SECRET", creds.salla_client_secret)
-    save_credentials(store, "salla", "salla", merchant.merchant_id, merchant.access_token, merchant.refresh_token,
-                     3600)
-    raw_assets = ingest_api.build_api_raw_assets(sources.api())
-    return raw_assets, dict(defs().resources), merchant.merchant_id
-
-
-def _range(start: str, end: str) -> dict[str, str]:
-    return {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
+    merchant = box.merchant_ids[0]
+    _, raw_assets, resources = use_api_sources(tmp_path, monkeypatch,
+                                               sandbox_sources_yaml(base_url, salla_merchants=[merchant]))
+    sandbox_credentials(monkeypatch, store, box, [merchant])
+    return raw_assets, resources, merchant
 
 
 def run_api_graph(raw_assets, resources, merchant: str, instance: dg.DagsterInstance) -> None:
@@ -66,14 +51,13 @@ def run_api_graph(raw_assets, resources, merchant: str, instance: dg.DagsterInst
     from kingtavo_pipeline.defs.warehouse.entities import star_assets
 
     instance.add_dynamic_partitions(SALLA_MERCHANTS.name, [merchant])
-    daily = [a for a in raw_assets if not isinstance(a.partitions_def, dg.MultiPartitionsDefinition)]
-    salla = [a for a in raw_assets if isinstance(a.partitions_def, dg.MultiPartitionsDefinition)]
-    assert dg.materialize(daily, tags=_range(*DAYS), resources=resources, instance=instance).success
+    assert dg.materialize(daily_raw_assets(raw_assets), tags=partition_range(*DAYS), resources=resources,
+                          instance=instance).success
     for day in DAYS:
-        key = dg.MultiPartitionKey({"date": day, "merchant": merchant})
-        assert dg.materialize(salla, partition_key=key, resources=resources, instance=instance).success
-    assert dg.materialize([core_entities], tags=_range(*DAYS), resources=resources, instance=instance).success
-    assert dg.materialize(star_assets, tags=_range(*DAYS), resources=resources, instance=instance).success
+        assert dg.materialize(salla_raw_assets(raw_assets), partition_key=salla_key(day, merchant),
+                              resources=resources, instance=instance).success
+    assert dg.materialize([core_entities], tags=partition_range(*DAYS), resources=resources, instance=instance).success
+    assert dg.materialize(star_assets, tags=partition_range(*DAYS), resources=resources, instance=instance).success
 
 
 def test_printavo_and_salla_reach_core_and_the_warehouse_exactly_once(sandbox, api_graph, store, clickhouse):

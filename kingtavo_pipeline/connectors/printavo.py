@@ -134,6 +134,16 @@ CUSTOMER_CONTACTS_QUERY = f"""query CustomerContacts($id: ID!, $after: String, $
   }}
 }}"""
 
+def _order_by_id_query(entity: str) -> str:
+    return f"""query {_ORDER_TYPE[entity]}ById($id: ID!, $groupsFirst: Int!, $itemsFirst: Int!) {{
+  node: {_SINGULAR[entity]}(id: $id) {{ {ORDER_FIELDS} }}
+}}"""
+
+
+CUSTOMER_BY_ID_QUERY = f"""query CustomerById($id: ID!, $contactsFirst: Int!) {{
+  node: customer(id: $id) {{ {CUSTOMER_FIELDS} }}
+}}"""
+
 STATUSES_QUERY = f"""query StatusList($first: Int!, $after: String) {{
   statuses(first: $first, after: $after) {{ totalNodes {_PAGE_INFO} nodes {{ {STATUS_FIELDS} }} }}
 }}"""
@@ -258,6 +268,27 @@ class PrintavoConnector:
         """Every record of ``entity`` with no filter (reference data, reconciliation)."""
         self._check_entity(entity)
         yield from self._entity_pages(entity, {})
+
+    def fetch_one(self, entity: str, source_id: str) -> SourceRecord | None:
+        """One invoice, quote or customer by id (``invoice(id:)``/``quote(id:)``/``customer(id:)``),
+        complete with its nested connections, in the same shape as :meth:`pull` lands it; None when
+        the API has no such record (e.g. a webhook about something deleted since). For re-pulling
+        what a webhook announced."""
+        self._check_entity(entity)
+        if entity in _ORDER_TYPE:
+            query, operation = _order_by_id_query(entity), f"{_ORDER_TYPE[entity]}ById"
+            variables: dict[str, Any] = {"groupsFirst": self.groups_page_size, "itemsFirst": self.items_page_size}
+        elif entity == "customers":
+            query, operation = CUSTOMER_BY_ID_QUERY, "CustomerById"
+            variables = {"contactsFirst": self.contacts_page_size}
+        else:
+            raise ValueError(f"{self.label}: {entity} cannot be fetched one by one; choose invoices, quotes or customers")
+        if source_id is None or not str(source_id).strip():
+            raise ValueError(f"{self.label}: fetch_one({entity!r}) needs an id")
+        node = self.execute(query, {**variables, "id": str(source_id)}, operation).get("node")
+        if node is None:
+            return None
+        return self._complete_record(self._record(entity, node))
 
     # --- queries ----------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ Orders. ``GET /orders`` rows are summaries without ``updated_at``, so every orde
   creation dates, inclusive, ``Y-m-d`` in the store's time zone (Asia/Riyadh), so the query covers
   the local dates the UTC window touches and the detail's ``date`` filters to the window exactly.
   Rows are sorted ``id-asc`` so orders created while paging append at the end instead of shifting
-  pages under us.
+  pages under us. Each page says where it got to (``extra["resume"]``: page and last order id); a
+  pull that died resumes from there (``resume=``) without fetching handled orders again.
 * :meth:`SallaConnector.pull_changes`: ``sort_by=updated_at-desc``; since list rows carry no
   ``updated_at``, details are fetched in list order until the first order whose ``updated_at`` is
   older than the checkpoint (everything after it is older still). Orders at the checkpoint itself
@@ -157,10 +158,15 @@ class SallaConnector:
 
     # --- Connector --------------------------------------------------------------------------
 
-    def pull(self, entity: str, *, start: datetime, end: datetime) -> Iterator[Page]:
+    def pull(
+        self, entity: str, *, start: datetime, end: datetime, resume: dict[str, Any] | None = None
+    ) -> Iterator[Page]:
+        """Records created in ``[start, end)``. For orders, every page carries ``extra["resume"]``
+        (``{"page", "last_id"}``): passed back as ``resume`` after a crash, the pull continues
+        after the orders that page covered instead of starting over (see :meth:`_pull_orders`)."""
         self._check_entity(entity)
         if entity == "orders":
-            yield from self._pull_orders(start, end)
+            yield from self._pull_orders(start, end, resume)
             return
         for page in self.pull_all(entity):
             records = [r for r in page.records if r.occurred_at is not None and start <= r.occurred_at < end]
@@ -207,21 +213,48 @@ class SallaConnector:
 
     # --- orders -----------------------------------------------------------------------------
 
-    def _pull_orders(self, start: datetime, end: datetime) -> Iterator[Page]:
+    def _pull_orders(self, start: datetime, end: datetime, resume: dict[str, Any] | None = None) -> Iterator[Page]:
+        """The window's orders, ``id-asc``, page by page.
+
+        Resuming (``resume={"page": p, "last_id": i}``, the ``extra["resume"]`` of the last page
+        that was committed): the list is walked again from page ``p`` and orders with ids up to
+        ``i`` are skipped without fetching their details (every one of them was handled before).
+        New orders get higher ids and append at the end; if orders were deleted meanwhile the
+        list shifts back, and a resumed first page holding no id up to ``i`` means it shifted by
+        more than that page: the walk starts again from page 1 (still skipping ids up to ``i``).
+        """
         first, last = local_date_range(start, end, self.store_timezone)
         params = {"from_date": first.isoformat(), "to_date": last.isoformat(), "sort_by": "id-asc"}
-        for rows, pagination in self._pages("orders", params):
-            records = []
-            for row in rows:
-                record = self._order_record(row)
-                if record is None:
-                    continue
-                # the query is by local date; the partition is the exact UTC window
-                if record.occurred_at is None or start <= record.occurred_at < end:
-                    records.append(record)
-            if records:
-                # the API's total counts the local dates queried, not the window: kept as extra only
-                yield Page(records, extra={"page": pagination.get("currentPage"), "api_total": pagination.get("total")})
+        after_id = _int((resume or {}).get("last_id"))
+        start_page = max(1, _int((resume or {}).get("page")) or 1) if after_id is not None else 1
+        while True:
+            restart = False
+            for index, (rows, pagination) in enumerate(self._pages("orders", params, start_page=start_page)):
+                current = _int(pagination.get("currentPage")) or start_page + index
+                ids = [_int(row.get("id")) if isinstance(row, dict) else None for row in rows]
+                if index == 0 and start_page > 1 and not any(i is not None and i <= after_id for i in ids):
+                    log.info("%s: orders shifted since page %s was landed; resuming from page 1", self.label, start_page)
+                    start_page, restart = 1, True
+                    break
+                records = []
+                top = after_id
+                for row, row_id in zip(rows, ids):
+                    if after_id is not None and row_id is not None and row_id <= after_id:
+                        continue  # handled before the resume
+                    if row_id is not None:
+                        top = row_id if top is None else max(top, row_id)
+                    record = self._order_record(row)
+                    if record is None:
+                        continue
+                    # the query is by local date; the partition is the exact UTC window
+                    if record.occurred_at is None or start <= record.occurred_at < end:
+                        records.append(record)
+                if records:
+                    # the API's total counts the local dates queried, not the window: kept as extra only
+                    yield Page(records, extra={"page": pagination.get("currentPage"), "api_total": pagination.get("total"),
+                                               "resume": {"page": current, "last_id": top}})
+            if not restart:
+                return
 
     def _order_changes(self, since: str | None) -> Iterator[Page]:
         threshold = parse_checkpoint(since) or (self.clock() - self.changes_lookback)
@@ -294,10 +327,10 @@ class SallaConnector:
             raise ValueError(f"Salla has no entity {entity!r}; choose one of {', '.join(ENTITIES)}")
 
     def _pages(
-        self, path: str, params: dict[str, Any], *, paged: bool = True
+        self, path: str, params: dict[str, Any], *, paged: bool = True, start_page: int = 1
     ) -> Iterator[tuple[list[Any], dict[str, Any]]]:
         """``(data, pagination)`` per page until ``totalPages`` (or, without it, ``links.next``) says done."""
-        page = 1
+        page = start_page
         while page <= MAX_PAGES:
             query = {**params, "page": page, "per_page": self.page_size} if paged else dict(params)
             body = self._get(path, query)

@@ -23,6 +23,10 @@ class Faults(BaseModel):
     malformed_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of records returned with a broken field
     rename_fields: dict[str, str] = Field(default_factory=dict)  # schema drift: {"total": "grand_total"}
     add_fields: dict[str, Any] = Field(default_factory=dict)  # schema drift: extra field on every object
+    # share of Salla records the drift applies to (a stable hash of the record id picks them, so the
+    # ground truth can name them: Truth.drifted_ids); an order's lines drift with their order.
+    # Printavo's drift is in its GraphQL schema and applies to every record.
+    drift_rate: float = Field(1.0, ge=0.0, le=1.0)
 
 
 class SandboxConfig(BaseModel):

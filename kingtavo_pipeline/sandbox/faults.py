@@ -70,12 +70,28 @@ class FaultInjector:
         digest = hashlib.sha256(f"{self.seed}:{api}:{entity}:{record_id}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
+    def is_drifted(self, api: str, entity: str, record_id: object) -> bool:
+        """Whether the drift switches apply to this record (``Faults.drift_rate`` of them, by a stable hash)."""
+        if not self.drifting:
+            return False
+        rate = self.faults.drift_rate
+        if rate >= 1:
+            return True
+        if rate <= 0:
+            return False
+        digest = hashlib.sha256(f"{self.seed}:drift:{api}:{entity}:{record_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
     @property
     def drifting(self) -> bool:
         return bool(self.faults.rename_fields or self.faults.add_fields)
 
-    def drift(self, obj: Any) -> Any:
-        """Schema drift on one top-level REST object: keys renamed at every depth, fields added on top."""
+    def drift(self, obj: Any, api: str | None = None, entity: str | None = None, record_id: object = None) -> Any:
+        """Schema drift on one top-level REST object: keys renamed at every depth, fields added on top.
+
+        With ``api``/``entity``/``record_id`` only the records :meth:`is_drifted` picks drift."""
+        if api is not None and not self.is_drifted(api, entity or "", record_id):
+            return obj
         f = self.faults
         if f.rename_fields:
             obj = _rename(obj, f.rename_fields)

@@ -138,7 +138,7 @@ class SallaApi:
         faults = self.state.faults
         if faults.is_malformed("salla", entity, record_id):
             obj = breaker(obj)
-        return faults.drift(obj) if faults.drifting else obj
+        return faults.drift(obj, "salla", entity, record_id) if faults.drifting else obj
 
     def _page(self, request: Request, items: list, render: Callable[[Any], dict]) -> dict:
         per_page = min(max(_int_param(request, "per_page", DEFAULT_PER_PAGE), 1), MAX_PER_PAGE)
@@ -217,7 +217,8 @@ class SallaApi:
         o = self._order_or_404(m, order_id)
         faults = self.state.faults
         items = self.world.salla_order_items(m, o)
-        data = [faults.drift(i) for i in items] if faults.drifting else items
+        # an order's lines drift with their order
+        data = [faults.drift(i, "salla", "orders", o.id) for i in items] if faults.drifting else items
         return {"status": 200, "success": True, "data": data}
 
     # ------------------------------------------------------------ products and customers

@@ -92,6 +92,29 @@ class Truth:
             return [i for i in ids if faults.is_malformed("printavo", "orders", i)]
         return []
 
+    def drifted_ids(
+        self,
+        api: str,
+        entity: str,
+        merchant_id: str | int | None = None,
+        start: date | None = None,
+        end: date | None = None,
+    ) -> list[str]:
+        """Ids of the Salla records the schema-drift switches currently apply to (``Faults.drift_rate``)."""
+        faults = self._state.faults
+        if api != "salla" or not faults.drifting:
+            return []
+        m = self._world.merchant(merchant_id)
+        if entity == "orders":
+            ids = [o.id for o in self._world.salla_orders(m, start, end)]
+        elif entity == "products":
+            ids = [p["id"] for p in self._world.salla_products(m)]
+        elif entity == "customers":
+            ids = [c["id"] for c in self._world.salla_customers(m)]
+        else:
+            return []
+        return [str(i) for i in ids if faults.is_drifted("salla", entity, i)]
+
     # ------------------------------------------------------------ HTTP view
 
     def report(
@@ -123,5 +146,6 @@ class Truth:
             "end": end.isoformat() if end else None,
             "count": len(data),
             "malformed_ids": self.malformed_ids(api, entity, merchant_id, start, end),
+            "drifted_ids": self.drifted_ids(api, entity, merchant_id, start, end),
             "data": data,
         }

@@ -5,7 +5,9 @@ One asset per configured API source and entity. A run pulls the records created 
 page as it arrives, through the same landing as files and feeds (``land_source``): every record
 under its own day, malformed or undated ones to ``dead_letters``. Salla is partitioned by day and
 merchant (merchants are dynamic partitions: ``kingtavo merchants add``); its raw records are kept
-per merchant as source ``<name>/<merchant id>``.
+per merchant as source ``<name>/<merchant id>``. A Salla orders pull that dies (a crash, a kill)
+resumes on the rerun of the same window after the last page it committed (``orders:resume:<window>``
+in ``etl_checkpoints``, moved after each page commits, deleted when the window is done).
 
 ``api_changes_job`` pulls what changed since each entity's checkpoint (``<entity>:changes`` in
 ``etl_checkpoints``, stored with the page it follows), lands it under its own days, and leaves
@@ -13,7 +15,7 @@ core and the warehouse to the late-records sensor, which picks up every day that
 """
 
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from types import SimpleNamespace
 
@@ -34,7 +36,7 @@ from kingtavo_pipeline.defs.resources import PostgresResource
 from kingtavo_pipeline.defs.runs import utc_window
 from kingtavo_pipeline.extract.http import HttpError
 from kingtavo_pipeline.sources.config import PrintavoSource, SallaSource, SourceConfigError, StrapiSource
-from kingtavo_pipeline.storage.bookkeeping import get_checkpoint
+from kingtavo_pipeline.storage.bookkeeping import get_checkpoint, payload_hash, set_checkpoint
 
 SALLA_MERCHANTS = dg.DynamicPartitionsDefinition(name="salla_merchants")
 salla_partitions = dg.MultiPartitionsDefinition({"date": daily_partitions, "merchant": SALLA_MERCHANTS})
@@ -58,9 +60,14 @@ def split_raw_source_name(name: str) -> tuple[str, str]:
     return source_name, merchant_id
 
 
-def pages_to_frames(pages: Iterable[Page]) -> Iterator[pd.DataFrame]:
+def pages_to_frames(pages: Iterable[Page], landed: Callable[[Page, pd.DataFrame], None] | None = None
+                    ) -> Iterator[pd.DataFrame]:
     """Connector pages as the batches ``land_source`` lands: one frame per page, its resume
-    position in ``attrs`` so it is stored in the page's own transaction."""
+    position in ``attrs`` so it is stored in the page's own transaction.
+
+    ``landed(page, frame)`` is called when the consumer asks for the batch after the page's
+    (``land_source`` does so once the page is committed; a consumer that reads ahead may ask
+    earlier, so the callback checks what is committed rather than trusting the timing)."""
     for page in pages:
         records = page.records
         frame = pd.DataFrame(
@@ -75,6 +82,65 @@ def pages_to_frames(pages: Iterable[Page]) -> Iterator[pd.DataFrame]:
         )
         frame.attrs[RESUME_CHECKPOINT] = page.checkpoint
         yield frame
+        if landed is not None:
+            landed(page, frame)
+
+
+# How many of a page's (source_id, payload_hash) observations are committed in raw_data.
+COMMITTED = """
+SELECT count(*) FROM raw_data r
+JOIN unnest(%(ids)s::text[], %(hashes)s::text[]) AS k(source_id, payload_hash)
+  ON r.source_id = k.source_id AND r.payload_hash = k.payload_hash
+WHERE r.source_type = %(source_type)s AND r.source_name = %(source_name)s AND r.entity = %(entity)s
+"""
+
+
+def _window_resume_key(entity: str, start: datetime, end: datetime) -> str:
+    """The ``etl_checkpoints.entity`` holding how far a window's pull got (one per window, so
+    concurrent runs of other windows do not share it)."""
+    return f"{entity}:resume:{start.isoformat()}/{end.isoformat()}"
+
+
+def _window_pages(connector, store, source: ApiSource, entity: str, merchant: str, start: datetime,
+                  end: datetime) -> Iterator[pd.DataFrame]:
+    """The window's pages as frames. A connector that can resume a window (Salla orders) gets the
+    position of the last page an earlier run of the same window committed before it died; the
+    position moves only past pages whose records are all committed in ``raw_data`` (checked, in
+    page order), so it never points past data that was not committed. A completed pull deletes it."""
+    if not (isinstance(source, SallaSource) and entity == "orders"):
+        yield from pages_to_frames(connector.pull(entity, start=start, end=end))
+        return
+    name, key = raw_source_name(source, merchant), _window_resume_key(entity, start, end)
+    with store.transaction() as conn:
+        saved = get_checkpoint(conn, source.source_type, name, key)
+    resume = orjson.loads(saved) if saved else None
+    pending: list[tuple[dict, dict]] = []  # (position, the page's observations), oldest first
+
+    def landed(page: Page, frame: pd.DataFrame) -> None:
+        position = page.extra.get("resume")
+        if not position:
+            return
+        # records without an id or a time go to dead_letters, not raw_data
+        kept = frame[(frame["source_id"] != "") & frame["occurred_at"].notna()].drop_duplicates(["source_id", "payload"])
+        pending.append((position, {"ids": kept["source_id"].tolist(),
+                                   "hashes": [payload_hash(p) for p in kept["payload"]]}))
+        committed = None
+        with store.transaction() as conn:
+            while pending:
+                keys = pending[0][1]
+                found = conn.execute(COMMITTED, {**keys, "source_type": source.source_type, "source_name": name,
+                                                 "entity": entity}).fetchone()[0]
+                if found < len(keys["ids"]):
+                    break
+                committed = pending.pop(0)[0]
+            if committed is not None:
+                set_checkpoint(conn, source.source_type, name, key, orjson.dumps(committed).decode(),
+                               len(page.records))
+
+    yield from pages_to_frames(connector.pull(entity, start=start, end=end, resume=resume), landed)
+    with store.transaction() as conn:
+        conn.execute("DELETE FROM etl_checkpoints WHERE source_type = %s AND source_name = %s AND entity = %s",
+                     (source.source_type, name, key))
 
 
 def _landing_target(source: ApiSource, entity: str, merchant_id: str = "") -> SimpleNamespace:
@@ -89,8 +155,9 @@ def _windows(context: dg.AssetExecutionContext) -> list[tuple[str, datetime, dat
         return [("", start.to_pydatetime(), end.to_pydatetime())]
     by_merchant: dict[str, list[str]] = {}
     for key in context.partition_keys:
-        dims = dg.MultiPartitionKey.from_str(key).keys_by_dimension if not isinstance(key, dg.MultiPartitionKey) \
-            else key.keys_by_dimension
+        if not isinstance(key, dg.MultiPartitionKey):  # (MultiPartitionKey has no from_str)
+            key = salla_partitions.get_partition_key_from_str(key)
+        dims = key.keys_by_dimension
         by_merchant.setdefault(dims["merchant"], []).append(dims["date"])
     windows = []
     for merchant, days in sorted(by_merchant.items()):
@@ -122,11 +189,12 @@ def _api_raw_asset(source: ApiSource, entity: str) -> dg.AssetsDefinition:
         results = []
         for merchant, start, end in _windows(context):
             try:
-                connector = connector_for(source, entity, merchant, postgres.store())
-                pages = connector.pull(entity, start=start, end=end)
+                store = postgres.store()
+                connector = connector_for(source, entity, merchant, store)
                 results.append(land_source(context, postgres, source_type=source.source_type,
                                            source=_landing_target(source, entity, merchant),
-                                           batches=pages_to_frames(pages)))
+                                           batches=_window_pages(connector, store, source, entity, merchant,
+                                                                 start, end)))
             except (HttpError, SourceConfigError) as exc:
                 # one clear line (the HTTP layer's message names the source, URL and status)
                 raise dg.Failure(description=str(exc), allow_retries=not isinstance(exc, SourceConfigError)) from None
