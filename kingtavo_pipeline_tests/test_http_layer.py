@@ -314,6 +314,34 @@ def test_breaker_opens_half_opens_and_closes(server):
     assert metric("kingtavo_http_circuit_transitions_total", host=host, state="half_open") >= 2
 
 
+def test_an_open_breaker_is_waited_out_while_attempts_remain(server):
+    """A long import meets a bad minute of its source: the request waits for the breaker's probe
+    instead of failing, and fails fast only when the probe is further away than max_retry_after."""
+    base_url, scripts = server
+    path = scripts.set((503, {}, ""))
+    clock = FakeClock()
+    with client(base_url, clock, max_attempts=1, breaker_failures=2, breaker_cooldown=30) as http:
+        for _ in range(2):
+            with pytest.raises(RetryableError):
+                http.get(path)
+    scripts.replace(path, OK)
+    started = clock.monotonic()
+    with client(base_url, clock, max_attempts=3, breaker_failures=2, breaker_cooldown=30) as http:
+        assert http.get(path).status_code == 200
+    assert clock.monotonic() - started >= 30  # slept until the probe was allowed, on the injected clock
+    assert scripts.count(path) == 3
+    with client(base_url, clock, max_attempts=1, breaker_failures=1, breaker_cooldown=600,
+                max_retry_after=60) as http:
+        scripts.replace(path, (503, {}, ""))
+        with pytest.raises(RetryableError):
+            http.get(path)
+    with client(base_url, clock, max_attempts=5, breaker_failures=1, breaker_cooldown=600,
+                max_retry_after=60) as http:
+        with pytest.raises(CircuitOpenError):  # the probe is 600 s away: no point in waiting
+            http.get(path)
+    assert scripts.count(path) == 4
+
+
 def test_breaker_is_shared_by_clients_of_the_same_host(server):
     base_url, scripts = server
     path = scripts.set((503, {}, ""))

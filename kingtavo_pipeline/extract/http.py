@@ -138,8 +138,11 @@ class RateLimitedError(RetryableError):
     kind = "rate_limited"
 
 
-class CircuitOpenError(HttpError):
-    """The host's circuit breaker is open: the request was not sent."""
+class CircuitOpenError(RetryableError):
+    """The host's circuit breaker is open: the request was not sent. Retried after the cool-down
+    (``retry_after``: when the breaker lets a probe through) while attempts remain, so a long
+    import waits out a bad minute of its source instead of failing; fails fast when the probe is
+    further away than ``max_retry_after``."""
 
     kind = "circuit_open"
 
@@ -350,10 +353,12 @@ class ResilientClient:
         try:
             breaker.before_request(policy.breaker_cooldown)
         except CircuitOpen as exc:
-            raise CircuitOpenError(
+            err = CircuitOpenError(
                 f"{prefix} -> not sent: circuit breaker for {host} is open after repeated failures "
-                f"(next probe in {exc.retry_in:.0f}s)", **ctx,
-            ) from None
+                f"(next probe in {exc.retry_in:.0f}s)", retry_after=exc.retry_in, **ctx,
+            )
+            err.fail_fast = exc.retry_in > policy.max_retry_after
+            raise err from None
 
         try:
             response = self._client.send(request, stream=True)
