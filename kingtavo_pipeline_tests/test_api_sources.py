@@ -148,3 +148,16 @@ def test_a_generic_rest_source_reaches_core_as_served(tmp_path, monkeypatch, sto
     assert len(expected) == 9  # two of the eleven were created the day before the window
     assert core_products(store, "rest") == expected
     assert store.fetch_value("SELECT count(*) FROM dead_letters") == 0
+
+
+def test_two_sources_of_a_type_pulling_one_entity_is_a_clear_error(tmp_path):
+    from kingtavo_pipeline.defs.ingest.api import build_api_raw_assets
+    from kingtavo_pipeline.sources.config import SourceConfigError, load_sources
+
+    (tmp_path / "sources.yaml").write_text(
+        "strapi:\n"
+        "  - {name: shop_cms, base_url: 'http://127.0.0.1:1/api', collections: {products: products}}\n"
+        "  - {name: blog_cms, base_url: 'http://127.0.0.1:2/api', collections: {products: articles}}\n")
+    sources = load_sources(tmp_path / "sources.yaml")
+    with pytest.raises(SourceConfigError, match="strapi sources 'shop_cms' and 'blog_cms' both pull 'products'"):
+        build_api_raw_assets(sources.api())

@@ -190,11 +190,11 @@ def _api_raw_asset(source: ApiSource, entity: str) -> dg.AssetsDefinition:
         for merchant, start, end in _windows(context):
             try:
                 store = postgres.store()
-                connector = connector_for(source, entity, merchant, store)
-                results.append(land_source(context, postgres, source_type=source.source_type,
-                                           source=_landing_target(source, entity, merchant),
-                                           batches=_window_pages(connector, store, source, entity, merchant,
-                                                                 start, end)))
+                with connector_for(source, entity, merchant, store) as connector:
+                    results.append(land_source(context, postgres, source_type=source.source_type,
+                                               source=_landing_target(source, entity, merchant),
+                                               batches=_window_pages(connector, store, source, entity, merchant,
+                                                                     start, end)))
             except (HttpError, SourceConfigError) as exc:
                 # one clear line (the HTTP layer's message names the source, URL and status)
                 raise dg.Failure(description=str(exc), allow_retries=not isinstance(exc, SourceConfigError)) from None
@@ -209,6 +209,17 @@ def _api_raw_asset(source: ApiSource, entity: str) -> dg.AssetsDefinition:
 
 
 def build_api_raw_assets(sources: Iterable[ApiSource]) -> list[dg.AssetsDefinition]:
+    """One asset per source and entity, keyed ``raw/<type>/<entity>``: one source of a type may
+    pull an entity (two would share an asset key; the error says which)."""
+    owner: dict[tuple[str, str], str] = {}
+    for source in sources:
+        for entity in source.entities:
+            other = owner.setdefault((source.source_type, entity), source.name)
+            if other != source.name:
+                raise SourceConfigError(
+                    f"sources file: {source.source_type} sources {other!r} and {source.name!r} both pull "
+                    f"{entity!r}; each would be asset raw/{source.source_type}/{entity}. Keep {entity!r} in "
+                    f"one of them (several Salla merchants go in one source's merchants list)")
     return [_api_raw_asset(source, entity) for source in sources for entity in source.entities]
 
 
@@ -227,10 +238,10 @@ def pull_changes(context: dg.OpExecutionContext, postgres: PostgresResource, sou
     target = _landing_target(source, entity, merchant)
     with store.transaction() as conn:
         since = get_checkpoint(conn, source.source_type, target.name, f"{entity}{CHANGES_SUFFIX}")
-    connector = connector_for(source, entity, merchant, store)
-    result = land_source(context, postgres, source_type=source.source_type, source=target,
-                         batches=pages_to_frames(connector.pull_changes(entity, since=since)),
-                         asset_key=f"raw/{source.source_type}/{entity}")
+    with connector_for(source, entity, merchant, store) as connector:
+        result = land_source(context, postgres, source_type=source.source_type, source=target,
+                             batches=pages_to_frames(connector.pull_changes(entity, since=since)),
+                             asset_key=f"raw/{source.source_type}/{entity}")
     return {k: v.value if hasattr(v, "value") else v for k, v in result.metadata.items()}
 
 
