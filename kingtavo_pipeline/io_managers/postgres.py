@@ -104,6 +104,9 @@ from kingtavo_pipeline.settings import Settings
 from kingtavo_pipeline.storage.postgres import (
     PostgresStore,
     copy_arrow,
+    copy_csv_options,
+    copy_out_batches,
+    copy_out_chunks,
     get_store,
     qualified,
     to_arrow,
@@ -616,67 +619,18 @@ def _read_plan(table_slice: TableSlice, conn: psycopg.Connection) -> _ReadPlan |
     )
 
 
-class _CopyOut(io.RawIOBase):
-    """A readable file over the chunks of a ``COPY ... TO STDOUT``, for pyarrow's CSV reader."""
-
-    def __init__(self, chunks: Iterator[Any]):
-        self._chunks = chunks
-        self._buffer = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: Any) -> int:
-        while not self._buffer:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._buffer = memoryview(bytes(chunk))
-        n = min(len(target), len(self._buffer))
-        target[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
-        return n
+def _copy_out(conn: psycopg.Connection, plan: _ReadPlan):
+    """The chunks of ``COPY (<plan's query>) TO STDOUT (FORMAT CSV)``, as the server sends them."""
+    return copy_out_chunks(conn, plan.query)
 
 
 def _csv_options(plan: _ReadPlan) -> dict[str, Any]:
-    """How pyarrow parses PostgreSQL's CSV output of the plan's columns."""
-    return {
-        "parse_options": pacsv.ParseOptions(newlines_in_values=True),
-        "convert_options": pacsv.ConvertOptions(
-            column_types=plan.parse_schema,
-            null_values=[""],
-            true_values=["t"],
-            false_values=["f"],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-        ),
-    }
-
-
-@contextmanager
-def _copy_out(conn: psycopg.Connection, plan: _ReadPlan) -> Iterator[Iterator[Any]]:
-    """The chunks of ``COPY (<plan's query>) TO STDOUT (FORMAT CSV)``, as the server sends them."""
-    conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
-    with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT CSV)").format(plan.query)) as copy:
-        yield iter(copy)
+    return copy_csv_options(plan.parse_schema)
 
 
 def _copy_batches(conn: psycopg.Connection, plan: _ReadPlan, block_size: int) -> Iterator[pa.RecordBatch]:
     """The slice as parsed CSV batches (about ``block_size`` bytes each), parsed as it arrives."""
-    with _copy_out(conn, plan) as chunks:
-        first = next(chunks, None)
-        if first is None:  # pyarrow refuses an empty CSV file
-            return
-        yield from pacsv.open_csv(
-            io.BufferedReader(_CopyOut(_chain(first, chunks)), buffer_size=1 << 20),
-            read_options=pacsv.ReadOptions(column_names=plan.names, block_size=block_size, use_threads=False),
-            **_csv_options(plan),
-        )
-
-
-def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
-    yield first
-    yield from rest
+    return copy_out_batches(conn, plan.query, plan.parse_schema, block_size=block_size)
 
 
 # The stream's schema is fixed before any row is read, so an unconstrained numeric gets a fixed

@@ -25,6 +25,7 @@ import charset_normalizer
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ..transform.unified import TS_DTYPE, parse_timestamps
@@ -242,6 +243,63 @@ def _json_lines(frame: pd.DataFrame) -> list[str]:
     return rows
 
 
+# What JSON text escapes (a quote, a backslash, control characters): values without any are
+# written as they are, between quotes.
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
+
+
+def _json_text(value: str) -> str:
+    """``value`` as :func:`_json_lines` writes a string (quotes included)."""
+    line = _json_lines(pd.DataFrame({"k": [value]}, dtype=object))[0]
+    return line[len('{"k":') : -1]
+
+
+def _escapes(values: pa.Array) -> np.ndarray | None:
+    """Rows of ``values`` holding a character JSON escapes; None when there is none at all (one
+    pass over the column's bytes settles the common case)."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    data = values.buffers()[2]
+    if data is not None:
+        raw = np.frombuffer(data, dtype=np.uint8)
+        if not ((raw < 0x20) | (raw == 0x22) | (raw == 0x5C)).any():
+            return None
+    return pc.match_substring_regex(values, _NEEDS_ESCAPE).to_numpy(zero_copy_only=False)
+
+
+def _payloads(data: pd.DataFrame, file_name: str, lines: np.ndarray) -> tuple[pa.Array | list[str], list[str]]:
+    """Each row's payload (:func:`_json_lines` of the row plus ``_file`` and ``_line``, the same
+    text) and its :func:`content_hash`, built column-wise by Arrow; rows holding a character JSON
+    escapes take :func:`_json_lines`."""
+    columns = list(data.columns)
+    if not len(data):
+        return [], []
+    if "_file" in columns or "_line" in columns:  # the provenance keys replace a column: the slow way
+        payload = _json_lines(data.assign(_file=file_name, _line=lines))
+        return payload, [content_hash(p) for p in payload]
+    values = [pa.array(data[c], pa.string()) for c in columns]
+    special = None
+    for v in values:
+        hit = _escapes(v)
+        if hit is not None:
+            special = hit if special is None else special | hit
+    parts: list = []
+    for i, column in enumerate(columns):
+        parts += [("{" if i == 0 else '",') + _json_text(column) + ':"', values[i]]
+    parts.append('"')
+    body = pc.binary_join_element_wise(*parts, "")
+    provenance = ',"_file":' + _json_text(file_name) + ',"_line":'
+    payload = pc.binary_join_element_wise(body, provenance, pc.cast(pa.array(lines), pa.string()), "}", "")
+    hashes = [hashlib.sha256(b).hexdigest() for b in pc.cast(body, pa.binary()).to_pylist()]
+    rows = np.flatnonzero(special) if special is not None else ()
+    if len(rows):
+        payload = payload.to_pylist()
+        slow = _json_lines(data.iloc[rows].assign(_file=file_name, _line=lines[rows]))
+        for i, text in zip(rows, slow):
+            payload[i] = text
+            hashes[i] = content_hash(text)
+    return payload, hashes
+
+
 def _clean_header(columns: list[object]) -> list[str]:
     """Strip names, drop a BOM left on the first one, and keep names unique (JSON keys).
 
@@ -291,14 +349,17 @@ def _raw_frame(chunk: pd.DataFrame, source: CsvSource, file_name: str, columns: 
     if bad.any():
         good = ~bad
         payload = np.empty(n, dtype=object)
-        payload[good] = _json_lines(data[good].assign(_file=file_name, _line=lines[good]))
+        hashes = np.empty(n, dtype=object)
+        good_payload, hashes[good] = _payloads(data[good], file_name, lines[good])
+        payload[good] = good_payload.to_pylist() if isinstance(good_payload, pa.Array) else good_payload
         payload[bad] = [
             _dumps({"_file": file_name, "_line": int(line) if line > 0 else None, "_raw": raw})
             for line, raw in zip(lines[bad], chunk.loc[bad, _RAW])
         ]
+        hashes[bad] = [content_hash(p) for p in payload[bad]]
         errors = chunk[_ERROR].astype(object).where(pd.Series(bad), None).to_numpy()
     else:
-        payload = _json_lines(data.assign(_file=file_name, _line=lines))
+        payload, hashes = _payloads(data, file_name, lines)
         errors = np.full(n, None, dtype=object)
 
     id_col = _find_column(columns, source.id_column)
@@ -331,7 +392,7 @@ def _raw_frame(chunk: pd.DataFrame, source: CsvSource, file_name: str, columns: 
             "occurred_at": occurred.astype(TS_DTYPE).reset_index(drop=True),
             "payload": pd.Series(payload, dtype="str"),
             "error": pd.Series(errors, dtype=object),
-            "content_hash": pd.Series([content_hash(p) for p in payload], dtype="str"),
+            "content_hash": pd.Series(hashes, dtype="str"),
         }
     )
 

@@ -228,6 +228,79 @@ def copy_arrow(
     return table.num_rows
 
 
+# --- bulk reads --------------------------------------------------------------------------------
+
+
+class _CopyOut(io.RawIOBase):
+    """A readable file over the chunks of a ``COPY ... TO STDOUT``, for pyarrow's CSV reader."""
+
+    def __init__(self, chunks: Iterator[Any]):
+        self._chunks = chunks
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._buffer = memoryview(bytes(chunk))
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+def copy_csv_options(schema: pa.Schema) -> dict[str, Any]:
+    """How pyarrow parses PostgreSQL's CSV output into ``schema``'s types: an unquoted empty field
+    is NULL, a quoted one the empty string; booleans are ``t``/``f``."""
+    return {
+        "parse_options": pacsv.ParseOptions(newlines_in_values=True),
+        "convert_options": pacsv.ConvertOptions(
+            column_types=schema,
+            null_values=[""],
+            true_values=["t"],
+            false_values=["f"],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    }
+
+
+@contextmanager
+def copy_out_chunks(conn: psycopg.Connection, query: sql.Composable) -> Iterator[Iterator[Any]]:
+    """The chunks of ``COPY (<query>) TO STDOUT (FORMAT CSV)``, as the server sends them (dates
+    in ISO order; inside the caller's transaction)."""
+    conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+    with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT CSV)").format(query)) as copy:
+        yield iter(copy)
+
+
+def copy_out_batches(
+    conn: psycopg.Connection, query: sql.Composable, schema: pa.Schema, block_size: int = 1 << 20
+) -> Iterator[pa.RecordBatch]:
+    """The rows of ``query`` as Arrow batches of about ``block_size`` bytes of CSV each, parsed as
+    they arrive (memory stays at a few blocks). ``schema`` names and types the query's columns in
+    order: text, integers, floats, booleans, dates and naive timestamps parse as such (select a
+    ``timestamptz`` ``AT TIME ZONE 'UTC'``)."""
+    with copy_out_chunks(conn, query) as chunks:
+        first = next(chunks, None)
+        if first is None:  # pyarrow refuses an empty CSV file
+            return
+        yield from pacsv.open_csv(
+            io.BufferedReader(_CopyOut(_chain(first, chunks)), buffer_size=1 << 20),
+            read_options=pacsv.ReadOptions(column_names=schema.names, block_size=block_size, use_threads=False),
+            **copy_csv_options(schema),
+        )
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
 def to_arrow(obj: pd.DataFrame | pa.Table) -> pa.Table:
     if isinstance(obj, pa.Table):
         return obj

@@ -10,9 +10,13 @@ core has taken, so none of them can get ahead of the others.
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import closing
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 
 from kingtavo_pipeline.defs.core.checks import CORE_REFLECTS_RAW_CHECK, core_reflects_raw
@@ -20,6 +24,7 @@ from kingtavo_pipeline.defs.ingest.assets import OWNER, SOURCES, raw_assets
 from kingtavo_pipeline.defs.partitions import daily_partitions, single_run_backfill
 from kingtavo_pipeline.defs.resources import PostgresResource
 from kingtavo_pipeline.defs.runs import partition_label, utc_window
+from kingtavo_pipeline.io_managers.slices import rebatch
 from kingtavo_pipeline.storage.bookkeeping import (
     etl_run,
     get_source_fingerprint,
@@ -28,10 +33,16 @@ from kingtavo_pipeline.storage.bookkeeping import (
     resolve_mapped_dead_letters,
     set_source_fingerprint,
 )
+from kingtavo_pipeline.storage.postgres import copy_out_batches
+from kingtavo_pipeline.storage.prefetch import prefetch
 from kingtavo_pipeline.storage.upsert import upsert
 from kingtavo_pipeline.transform.unified import (
+    KEY_PREFIX,
     MAPPING_VERSION,
+    METADATA_COLUMN,
+    PAYLOAD_ERROR_COLUMN,
     VERSION_COLUMNS,
+    MappingResult,
     extraction_sql,
     map_to_unified,
     rename_extracted,
@@ -57,18 +68,41 @@ WHERE p.source_type = %(source_type)s AND p.source_name = %(source_name)s AND p.
 """
 
 # The newest untaken observation of each record in the window, its payload decoded by the database
-# into the columns the mapping reads (no JSON parsed in Python); chunks stream from a server-side cursor.
+# into the columns the mapping reads (no JSON parsed in Python). It streams out through COPY
+# (parsed by Arrow) on a connection of its own, read ahead while the previous chunk is mapped and
+# upserted.
 RAW_FOR_WINDOW = """
 SELECT DISTINCT ON (r.source_id)
        r.id AS raw_data_id, r.source_type, r.source_name, r.entity, r.source_id, r.partition_date,
-       r.observed_seq, r.extracted_at, {extracted}
+       r.observed_seq, (r.extracted_at AT TIME ZONE 'UTC') AS extracted_at, {extracted}
 FROM raw_data r
-JOIN unnest(%(days)s::date[], %(taken)s::bigint[], %(landed)s::bigint[]) AS v(partition_date, taken_seq, landed_seq)
+JOIN unnest({days}::date[], {taken}::bigint[], {landed}::bigint[]) AS v(partition_date, taken_seq, landed_seq)
   ON v.partition_date = r.partition_date
-WHERE r.source_type = %(source_type)s AND r.source_name = %(source_name)s
+WHERE r.source_type = {source_type} AND r.source_name = {source_name}
   AND r.observed_seq > v.taken_seq AND r.observed_seq <= v.landed_seq
 ORDER BY r.source_id, r.observed_seq DESC
 """
+RAW_WINDOW_COLUMNS = [("raw_data_id", pa.int64()), ("source_type", pa.string()), ("source_name", pa.string()),
+                      ("entity", pa.string()), ("source_id", pa.string()), ("partition_date", pa.date32()),
+                      ("observed_seq", pa.int64()), ("extracted_at", pa.timestamp("us"))]
+# the window's newest observations are sorted by record in the server: in memory up to this much
+READ_WORK_MEM = "128MB"
+
+
+def raw_window_frames(store, query: sql.Composable, schema: pa.Schema, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The rows of ``query`` (``RAW_FOR_WINDOW``) in frames of ``chunk_rows``, read through COPY in
+    a transaction of their own (raw_data only: the window's bounds come as literals)."""
+    with store.transaction() as conn:
+        conn.execute(f"SET LOCAL work_mem = '{READ_WORK_MEM}'")
+        batches = copy_out_batches(conn, query, schema)
+        try:
+            for batch in rebatch(batches, chunk_rows):
+                batch = batch.set_column(batch.schema.get_field_index("extracted_at"), "extracted_at",
+                                         pc.cast(batch.column("extracted_at"), pa.timestamp("us", "UTC")))
+                yield batch.to_pandas()
+        finally:
+            batches.close()  # end the COPY before the transaction ends (closed early)
+
 
 OPEN_MAP_DEAD_LETTERS = """
 SELECT EXISTS (SELECT 1 FROM dead_letters WHERE stage = 'map' AND status IN ('open', 'retrying')
@@ -79,6 +113,14 @@ SELECT EXISTS (SELECT 1 FROM dead_letters WHERE stage = 'map' AND status IN ('op
 class CoreConfig(dg.Config):
     full_refresh: bool = False
     """Map every record of the window again, not only the observations no core run has taken."""
+
+
+def _mapped(frames: Iterator[pd.DataFrame], source) -> Iterator[tuple[pd.DataFrame, MappingResult]]:
+    fields = source.field_map
+    for chunk in frames:
+        raw = rename_extracted(chunk, fields)
+        yield raw, map_to_unified(raw, fields, dayfirst=getattr(source, "dayfirst", False),
+                                  date_format=getattr(source, "date_format", None))
 
 
 def mapping_fingerprint(source) -> str:
@@ -141,17 +183,18 @@ def core_unified_items(context: dg.AssetExecutionContext, config: CoreConfig, po
                 resolve = conn.execute(OPEN_MAP_DEAD_LETTERS, params).fetchone()[0]
                 fields = source.field_map
                 items, item_params = extraction_sql(fields)
+                # COPY takes no parameters: every value is a literal
                 query = sql.SQL(RAW_FOR_WINDOW.replace("{extracted}", items.replace("%s", "{}"))).format(
-                    *(sql.Literal(p) for p in item_params))
-                with conn.cursor(name=f"raw_{source_type}_{source_name}") as cursor:
-                    cursor.execute(query, params)
-                    names = None
-                    while rows := cursor.fetchmany(READ_CHUNK_ROWS):
-                        names = names or [d.name for d in cursor.description]
-                        raw = rename_extracted(pd.DataFrame(rows, columns=names), fields)
+                    *(sql.Literal(p) for p in item_params),
+                    **{k: sql.Literal(params[k]) for k in ("days", "taken", "landed", "source_type", "source_name")})
+                schema = pa.schema([*RAW_WINDOW_COLUMNS, (PAYLOAD_ERROR_COLUMN, pa.string()), (METADATA_COLUMN, pa.string()),
+                                    *((f"{KEY_PREFIX}{i}", pa.string()) for i in range(len(dict.fromkeys(fields.values()))))])
+                # read and mapped a chunk ahead, while this transaction upserts the previous one
+                mapped = prefetch(_mapped(raw_window_frames(store, query, schema, READ_CHUNK_ROWS), source),
+                                  name="core-read")
+                with closing(mapped):
+                    for raw, result in mapped:
                         counts.extracted += len(raw)
-                        result = map_to_unified(raw, fields, dayfirst=getattr(source, "dayfirst", False),
-                                                date_format=getattr(source, "date_format", None))
                         with_payloads(conn, result.rejects)
                         written = upsert(conn, "unified_items", result.valid, UNIFIED_KEY,
                                          version_column=VERSION_COLUMNS, set_expressions=ROW_VERSION)

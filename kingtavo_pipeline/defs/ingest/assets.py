@@ -35,6 +35,7 @@ from kingtavo_pipeline.storage.bookkeeping import (
     set_source_fingerprint,
 )
 from kingtavo_pipeline.storage.errors import redact_url
+from kingtavo_pipeline.storage.prefetch import prefetch
 
 OWNER = "team:data-integrations"
 # A batch may carry an API's resume position in ``frame.attrs``: stored as the checkpoint of
@@ -102,7 +103,7 @@ def land_source(
             too_old = ~malformed & ~undated & (occurred < first_day)
             keep = ~malformed & ~undated & ~too_old
             batch = frame.loc[keep, ["source_id", "payload", *(["content_hash"] if "content_hash" in frame else [])]]
-            batch = batch.assign(partition_date=occurred[keep].dt.date)
+            batch = batch.assign(partition_date=occurred[keep])  # land_raw takes the UTC day
             rejects = pd.concat(
                 [
                     frame.loc[malformed, ["source_id", "payload"]].assign(
@@ -121,7 +122,7 @@ def land_source(
             )
             with store.transaction() as conn:
                 landed = land_raw(conn, batch, source_type=source_type, source_name=source.name,
-                                  entity=source.entity, run_id=run_id)
+                                  entity=source.entity, run_id=run_id, source_ids=open_extract_letters)
                 dead += record_dead_letters(conn, rejects, stage="extract", source_type=source_type,
                                             source_name=source.name, entity=source.entity, run_id=run_id)
                 open_extract_letters = open_extract_letters or dead > 0
@@ -238,7 +239,8 @@ def _raw_asset(source_type: str, source: CsvSource | RssSource, batches: Callabl
 def build_raw_assets(config: SourcesConfig) -> list[dg.AssetsDefinition]:
     assets = []
     for csv_source in config.csv:
-        assets.append(_raw_asset("csv", csv_source, lambda s=csv_source: iter_raw_batches(s),
+        # the next batch is parsed while the current one is landed
+        assets.append(_raw_asset("csv", csv_source, lambda s=csv_source: prefetch(iter_raw_batches(s), name="csv-read"),
                                  f"CSV rows from {csv_source.path} landed in raw_data.",
                                  fingerprint=source_fingerprint))
     for rss_source in config.rss:
