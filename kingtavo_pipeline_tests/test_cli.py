@@ -27,6 +27,22 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def dead_letters_command(tmp_path: Path, postgres_url: str, clickhouse_dsn: str):
+    """``kingtavo dead-letters <args>`` in a subprocess against the test stores; returns its stdout."""
+    env = _clean_env(KINGTAVO_POSTGRES_URL=postgres_url, KINGTAVO_CLICKHOUSE_URL=clickhouse_dsn,
+                     KINGTAVO_HOME=str(tmp_path), DAGSTER_HOME=str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+
+    def kingtavo(*args: str) -> str:
+        out = subprocess.run([str(BIN / "kingtavo"), "dead-letters", *args], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "Traceback" not in out.stderr
+        return out.stdout
+
+    return kingtavo
+
+
 def test_demo_runs_on_fully_embedded_defaults(tmp_path):
     """README's first command, minus the install: no URLs set, everything starts under .kingtavo/."""
     out = subprocess.run(
@@ -133,16 +149,7 @@ def test_dead_letters_command_lists_retries_and_resolves(store, postgres_url, cl
     from kingtavo_pipeline_tests.pipeline_helpers import run_unified_job
 
     assert run_unified_job().success  # the samples leave two map-stage dead letters
-    env = _clean_env(KINGTAVO_POSTGRES_URL=postgres_url, KINGTAVO_CLICKHOUSE_URL=clickhouse_dsn,
-                     KINGTAVO_HOME=str(tmp_path), DAGSTER_HOME=str(tmp_path / "dagster"))
-    (tmp_path / "dagster").mkdir()
-
-    def kingtavo(*args: str) -> str:
-        out = subprocess.run([str(BIN / "kingtavo"), "dead-letters", *args], env=env, capture_output=True,
-                             text=True, timeout=600)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert "Traceback" not in out.stderr
-        return out.stdout
+    kingtavo = dead_letters_command(tmp_path, postgres_url, clickhouse_dsn)
 
     listed = kingtavo("list")
     assert "ORD-1006" in listed and "ORD-1019" in listed and "invalid_type" in listed
@@ -182,15 +189,7 @@ def test_dead_letters_retry_applies_fixed_webhook_events_again(store, postgres_u
                        tags={"dagster/asset_partition_range_start": "2024-11-01",
                              "dagster/asset_partition_range_end": "2024-11-03", "kingtavo/events_orphans": "true"})
     assert store.fetch_all("SELECT status FROM webhook_events ORDER BY id") == [("failed",), ("failed",)]
-    env = _clean_env(KINGTAVO_POSTGRES_URL=postgres_url, KINGTAVO_CLICKHOUSE_URL=clickhouse_dsn,
-                     KINGTAVO_HOME=str(tmp_path), DAGSTER_HOME=str(tmp_path / "dagster"))
-    (tmp_path / "dagster").mkdir()
-
-    def kingtavo(*args: str) -> str:
-        out = subprocess.run([str(BIN / "kingtavo"), "dead-letters", *args], env=env, capture_output=True,
-                             text=True, timeout=600)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        return out.stdout
+    kingtavo = dead_letters_command(tmp_path, postgres_url, clickhouse_dsn)
 
     listed = kingtavo("list", "--stage", "webhook")
     assert "bad_payload" in listed and "unknown_event" in listed

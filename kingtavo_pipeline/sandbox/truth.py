@@ -72,15 +72,7 @@ class Truth:
         """Ids of the records the API currently returns broken (``Faults.malformed_rate``)."""
         faults = self._state.faults
         if api == "salla":
-            m = self._world.merchant(merchant_id)
-            if entity == "orders":
-                ids = [o.id for o in self._world.salla_orders(m, start, end)]
-            elif entity == "products":
-                ids = [p["id"] for p in self._world.salla_products(m)]
-            elif entity == "customers":
-                ids = [c["id"] for c in self._world.salla_customers(m)]
-            else:
-                return []
+            ids = self._salla_ids(entity, merchant_id, start, end)
             return [str(i) for i in ids if faults.is_malformed("salla", entity, i)]
         if api == "printavo" and entity in ("invoices", "quotes", "orders"):
             kind = {"invoices": "Invoice", "quotes": "Quote"}.get(entity)
@@ -104,16 +96,20 @@ class Truth:
         faults = self._state.faults
         if api != "salla" or not faults.drifting:
             return []
+        ids = self._salla_ids(entity, merchant_id, start, end)
+        return [str(i) for i in ids if faults.is_drifted("salla", entity, i)]
+
+    def _salla_ids(self, entity: str, merchant_id: str | int | None, start: date | None,
+                   end: date | None) -> list[int]:
+        """A merchant's record ids of ``entity`` (orders created in [start, end]); [] for others."""
         m = self._world.merchant(merchant_id)
         if entity == "orders":
-            ids = [o.id for o in self._world.salla_orders(m, start, end)]
-        elif entity == "products":
-            ids = [p["id"] for p in self._world.salla_products(m)]
-        elif entity == "customers":
-            ids = [c["id"] for c in self._world.salla_customers(m)]
-        else:
-            return []
-        return [str(i) for i in ids if faults.is_drifted("salla", entity, i)]
+            return [o.id for o in self._world.salla_orders(m, start, end)]
+        if entity == "products":
+            return [p["id"] for p in self._world.salla_products(m)]
+        if entity == "customers":
+            return [c["id"] for c in self._world.salla_customers(m)]
+        return []
 
     # ------------------------------------------------------------ HTTP view
 

@@ -290,33 +290,13 @@ def serve(host: str, port: int, config_path: str | None) -> None:
     )
 
 
-
 @contextlib.contextmanager
 def serving(app: Starlette, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 15.0) -> Iterator[str]:
     """Serve the ingress under uvicorn in a background thread until the block ends (``kingtavo demo``,
     the freshness benchmark); yields the base URL. Port 0 picks a free port. The lifespan runs, so
     the writer is flushed and closed on exit."""
-    import threading
+    from kingtavo_pipeline.serving import serve_in_thread
 
-    import uvicorn
-
-    class _Server(uvicorn.Server):
-        def install_signal_handlers(self) -> None:  # only the main thread may; the caller owns signals
-            return None
-
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                    lifespan="on", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, name="webhook-ingress", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"the webhook ingress could not start on {host}:{port}")
-        time.sleep(0.01)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{bound}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serve_in_thread(app, host, port, name="webhook ingress", startup_timeout=startup_timeout,
+                         lifespan="on", graceful_shutdown=2) as base_url:
+        yield base_url
