@@ -10,8 +10,14 @@ iterator of ``RecordBatch``/``Table``):
 * :class:`ClickHouseIOManager`: REPLACE/DROP PARTITION from a stage table, never a mutation; an
   output whose values the table's column types cannot hold is refused (:class:`ColumnTypeError`).
 
-What does not depend on the store (how time windows compare, per-partition counts, streaming
-plumbing) lives in :mod:`kingtavo_pipeline.io_managers.slices`; each store's module keeps its SQL.
+What does not depend on the store lives in shared modules: :mod:`~kingtavo_pipeline.io_managers.slices`
+(how time windows compare, per-partition counts, the checks of an output against its table and
+slice, streaming plumbing), :mod:`~kingtavo_pipeline.io_managers.dialect` (a slice's WHERE and
+SELECT, written in either store's SQL) and :mod:`~kingtavo_pipeline.io_managers.framework` (the
+type handlers over a store's write, read and stream, and the DbClient's bookkeeping). Each store's
+package keeps its SQL, split by concern: ``query`` (slices in its SQL), ``ddl`` (its tables),
+``write``, ``read`` and ``manager`` (DbClient, type handlers, IO manager); ClickHouse adds
+``checks`` (an output against its column types).
 
 A time window compares with ``partition_expr`` by the expression's type: dates as dates in the
 partitions' time zone, timestamps as instants, integers as ``YYYYMMDD``. Loading a table that does

@@ -1,11 +1,13 @@
 """What both IO managers share, whatever the store: how a partition slice's time windows compare
-(by the partition expression's type), per-partition row counts and their metadata, and the Arrow
-plumbing of streamed inputs and outputs (empty results, readers that release their connection,
-re-batching, the parts of an output)."""
+(by the partition expression's type), per-partition row counts and their metadata, the checks of
+an output against its table and its slice, and the Arrow plumbing of streamed inputs and outputs
+(empty results, readers that release their connection, re-batching, the parts of an output).
+
+How a slice is written in a store's SQL is :mod:`kingtavo_pipeline.io_managers.dialect`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -28,6 +30,11 @@ DEFAULT_BATCH_ROWS = 100_000
 
 def slice_id(table_slice: TableSlice) -> tuple:
     return (table_slice.schema, table_slice.table, tuple(d.partition_expr for d in table_slice.partition_dimensions or []))
+
+
+def slice_name(table_slice: TableSlice) -> str:
+    """``schema.table``, as errors and Dagster's ``dagster/table_name`` name the slice's table."""
+    return f"{table_slice.schema}.{table_slice.table}"
 
 
 # --- partition slices -----------------------------------
@@ -61,6 +68,21 @@ def boundary(kind: str | None, value: datetime) -> Any:
     if kind == KIND_NAIVE:
         return _utc(value).replace(tzinfo=None)
     return _utc(value)
+
+
+def slice_kinds(table_slice: TableSlice, kinds_of: Callable[[list[str]], Iterable[str]]) -> list[str | None]:
+    """Per partition dimension, how its time window compares; ``None`` for key dimensions.
+
+    ``kinds_of`` asks the store for the kinds of the time dimensions' partition expressions (by
+    their result types, without reading rows); it is not called when no dimension is a window.
+    """
+    dims = list(table_slice.partition_dimensions or [])
+    kinds: list[str | None] = [None] * len(dims)
+    timed = [i for i, d in enumerate(dims) if isinstance(d.partitions, TimeWindow)]
+    if timed:
+        for i, kind in zip(timed, kinds_of([dims[i].partition_expr for i in timed])):
+            kinds[i] = kind
+    return kinds
 
 
 def describe_slice(table_slice: TableSlice) -> str:
@@ -163,6 +185,47 @@ def partition_count_metadata(context: OutputContext, counts: Mapping[str, int]) 
         return {}
     except DagsterInvariantViolationError:
         return {"partition_row_counts": MetadataValue.json(per_key)}
+
+
+def slice_count_metadata(context: OutputContext, table_slice: TableSlice, counts: Mapping[str, int]) -> dict[str, Any]:
+    """:func:`partition_count_metadata` of a partitioned slice; nothing for an unpartitioned one."""
+    return partition_count_metadata(context, counts) if table_slice.partition_dimensions else {}
+
+
+# --- checks of an output and an input against the table ---------------------------------------
+
+
+def check_output_columns(name: str, names: Iterable[str], columns: Iterable[str], migrations: str) -> None:
+    """Refuse an output with columns the table lacks, naming them: the IO managers never add
+    columns (``migrations`` is where the store's migrations live)."""
+    columns = list(columns)
+    extra = [c for c in names if c not in columns]
+    if extra:
+        raise ValueError(
+            f"{name} has no column(s) {extra}; the IO manager does not add columns. Add them with a "
+            f"migration in {migrations}, or drop them from the output. Table columns: {columns}"
+        )
+
+
+def check_input_columns(name: str, wanted: Iterable[str], columns: Iterable[str]) -> None:
+    """Refuse an input's ``columns`` that the table lacks, naming them."""
+    columns = list(columns)
+    unknown = [c for c in wanted if c not in columns]
+    if unknown:
+        raise ValueError(f"{name} has no column(s) {unknown}; it has {columns}")
+
+
+def check_inside_slice(name: str, table_slice: TableSlice, outside: int, written: int, why: str = "") -> None:
+    """Refuse a write of which ``outside`` of the ``written`` rows lie outside the slice being
+    written (``why`` says what they would do there)."""
+    if outside > 0:
+        raise ValueError(
+            f"{outside} of {written} rows written to {name} lie outside the partition(s) being "
+            f"written ({describe_slice(table_slice)}){why}; filter them out or fix partition_expr."
+        )
+
+
+# --- Arrow plumbing ------------------------------------------------------------------------------
 
 
 def empty_arrow(table_slice: TableSlice) -> pa.Table:
