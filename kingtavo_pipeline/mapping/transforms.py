@@ -240,4 +240,8 @@ def sum_(inputs: list[pd.Series], key: str = "") -> pd.Series:
         return str(items) if value.is_nan() else str(value)  # the decimal conversion then rejects it
 
     values = inputs[0].to_numpy(dtype=object, na_value=None) if isinstance(inputs[0], pd.Series) else inputs[0]
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)) and set(map(type, values)) <= {list, type(None)} \
+            and not any(filter(None, values)):
+        # the common case: every array empty (or absent) sums to 0 (or stays missing), no Decimal per row
+        return pd.Series(["0" if v.__class__ is list else None for v in values], dtype=object)
     return pd.Series([total(v) for v in values], dtype=object)
