@@ -186,7 +186,8 @@ def demo(start: str, end: str) -> None:
             (e.asset_check_key.asset_key.to_user_string(), e.asset_check_key.name,
              # a failed WARN check is reported, not a failed demo (e.g. Printavo orders whose customer
              # is outside the demo's days)
-             "PASS" if e.passed else "WARN" if e.severity == dg.AssetCheckSeverity.WARN else "FAIL")
+             "PASS" if e.passed else "WARN" if e.severity == dg.AssetCheckSeverity.WARN else "FAIL",
+             e.partition)
             for r in results
             for e in r.get_asset_check_evaluations()
         ]
@@ -200,7 +201,7 @@ def demo(start: str, end: str) -> None:
         f"  DAGSTER_HOME={dagster_home} KINGTAVO_HOME={settings.home_path} {_dagster_command()} dev\n"
         "  then browse http://127.0.0.1:3000 (Assets, Runs, Checks)."
     )
-    if not all(r.success for r in results) or any(verdict == "FAIL" for *_, verdict in checks):
+    if not all(r.success for r in results) or any(verdict == "FAIL" for _, _, verdict, _ in checks):
         sys.exit(1)
 
 
@@ -305,8 +306,28 @@ def _print_summary(settings: Settings, store, start: str, end: str, checks) -> N
     _print_entities(store, settings)
     _print_dead_letters(store)
     click.echo("Asset checks:" + ("" if checks else " none ran"))
-    for asset, name, verdict in checks:
-        click.echo(f"  {verdict}  {asset} {name}")
+    for line in check_lines(checks):
+        click.echo(line)
+
+
+def check_lines(checks) -> list[str]:
+    """One line per check, its partitions' verdicts folded together: the worst verdict first, then
+    how many partitions it covers and which ones did not pass."""
+    by_check: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
+    for asset, name, verdict, partition in checks:
+        by_check.setdefault((asset, name), []).append((verdict, partition))
+    lines = []
+    for (asset, name), found in by_check.items():
+        verdicts = {v for v, _ in found}
+        worst = "FAIL" if "FAIL" in verdicts else "WARN" if "WARN" in verdicts else "PASS"
+        partitions = sorted({str(p) for _, p in found if p is not None})
+        detail = f" ({len(partitions)} partition{'s' if len(partitions) != 1 else ''})" if partitions else ""
+        failing = sorted({str(p) for v, p in found if v != "PASS" and p is not None})
+        if failing:
+            shown = ", ".join(failing[:5]) + (f" and {len(failing) - 5} more" if len(failing) > 5 else "")
+            detail += f": not passed on {shown}"
+        lines.append(f"  {worst}  {asset} {name}{detail}")
+    return lines
 
 
 # --- API sources in the demo: the sandbox stands in for Printavo and Salla -------------------------

@@ -318,3 +318,47 @@ def test_a_resumed_salla_window_pull_continues_after_the_position_and_restarts_w
             moved = {"page": len(pages) + 5, "last_id": position["last_id"]}
             assert [r.source_id for p in connector.pull("orders", start=start, end=end, resume=moved)
                     for r in p.records] == rest
+
+
+def test_a_window_resume_position_moves_past_a_page_holding_a_record_before_the_first_partition(store):
+    """Such a record goes to dead_letters, never to raw_data: the page still counts as committed
+    once its other records are (the position used to stall on it for the rest of the window)."""
+    import pandas as pd
+
+    from kingtavo_pipeline.connectors.base import Page, SourceRecord
+    from kingtavo_pipeline.defs.ingest.api import _window_pages, _window_resume_key
+    from kingtavo_pipeline.defs.ingest.assets import rejected
+    from kingtavo_pipeline.defs.partitions import FIRST_DAY
+    from kingtavo_pipeline.sources.config import SallaSource
+    from kingtavo_pipeline.storage.bookkeeping import land_raw
+
+    first_day = pd.Timestamp(FIRST_DAY, tz="UTC")
+    old, new = (first_day - pd.Timedelta(days=400)).to_pydatetime(), (first_day + pd.Timedelta(days=3)).to_pydatetime()
+
+    def record(i: int, when: dt.datetime) -> SourceRecord:
+        return SourceRecord("orders", str(i), {"id": i}, when, when, "m1")
+
+    pages = [Page([record(1, new), record(2, old)], extra={"resume": {"page": 1, "last_id": 2}}),
+             Page([record(3, new)], extra={"resume": {"page": 2, "last_id": 3}}),
+             Page([record(4, new)], extra={"resume": {"page": 3, "last_id": 4}})]
+
+    class Pages:
+        def pull(self, entity, *, start, end, resume=None):
+            yield from pages
+
+    source = SallaSource(name="salla")
+    start, end = utc_window("2026-11-20", "2026-11-24")
+    key = _window_resume_key("orders", start, end)
+    frames = _window_pages(Pages(), store, source, "orders", "m1", start, end)
+    positions = []
+    for frame in frames:
+        malformed, undated, too_old = rejected(frame, first_day)
+        keep = frame[~malformed & ~undated & ~too_old]
+        with store.transaction() as conn:  # what land_source does with the batch (the rest: dead letters)
+            land_raw(conn, keep.assign(partition_date=keep["occurred_at"]), source_type="salla",
+                     source_name="salla/m1", entity="orders", run_id="t")
+        positions.append(store.fetch_value("SELECT checkpoint_value FROM etl_checkpoints WHERE source_name = "
+                                           "'salla/m1' AND entity = %s", (key,)))
+    # asking for page 2 confirmed page 1 committed, page 3 confirmed page 2
+    assert [orjson.loads(p) if p else None for p in positions] == [None, {"page": 1, "last_id": 2},
+                                                                    {"page": 2, "last_id": 3}]

@@ -79,3 +79,18 @@ def test_dagster_definitions_validate_passes():
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_steps_fork_from_a_preloaded_server_unless_run_config_says_otherwise():
+    """Every job's executor is Dagster's default one with ``forkserver`` preloading the code
+    location as its default start method; run config can still pick in_process or spawn."""
+    from kingtavo_pipeline.defs.resources import PRELOAD, _forkserver_by_default
+
+    executor = load_definitions().resolve_job_def("unified_items_job").executor_def
+    assert executor.name == "multi_or_in_process_executor"
+    assert _forkserver_by_default({"multiprocess": {"max_concurrent": 2}}) == {
+        "multiprocess": {"max_concurrent": 2, "start_method": {"forkserver": {"preload_modules": PRELOAD}}}}
+    assert _forkserver_by_default({"multiprocess": {"start_method": {"spawn": {}}}}) == {
+        "multiprocess": {"start_method": {"spawn": {}}}}
+    assert _forkserver_by_default({"in_process": {}}) == {"in_process": {}}
+    assert PRELOAD == ["kingtavo_pipeline.definitions"]

@@ -274,6 +274,8 @@ class SqlRule:
     violations_sql: str
     params: tuple[tuple[str, object], ...] = ()
     description: str = ""
+    # the tables violations_sql reads: a verdict is reused while none of them changed (empty: never)
+    tables: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         ident(self.name)
@@ -313,7 +315,7 @@ def reference_exists_rule(
         + (f"AND ({child_where}) " if child_where else "")
         + f"AND NOT EXISTS (SELECT 1 FROM {ident(parent_table)} p WHERE {on})"
     )
-    return SqlRule(name, sql, description=description or
+    return SqlRule(name, sql, tables=(child_table, parent_table), description=description or
                    f"every {child_table} row's ({', '.join(child_columns)}) exists in {parent_table}")
 
 
@@ -342,5 +344,6 @@ def sum_matches_rule(
         f"WHERE p.{partition_column} >= %(start)s AND p.{partition_column} < %(end)s "
         f"AND abs(coalesce(p.{ident(parent_amount)}, 0) - coalesce(s.total, 0)) > %(tolerance)s"
     )
-    return SqlRule(name, sql, params=(("tolerance", tolerance),), description=description or
+    return SqlRule(name, sql, params=(("tolerance", tolerance),), tables=(parent_table, child_table),
+                   description=description or
                    f"{parent_table}.{parent_amount} equals the sum of {child_table}.{child_amount} within {tolerance}")

@@ -30,8 +30,9 @@ from kingtavo_pipeline.defs.ingest.assets import (
     RESUME_CHECKPOINT,
     SOURCES,
     land_source,
+    rejected,
 )
-from kingtavo_pipeline.defs.partitions import daily_partitions, single_run_backfill
+from kingtavo_pipeline.defs.partitions import FIRST_DAY, daily_partitions, single_run_backfill
 from kingtavo_pipeline.defs.resources import PostgresResource
 from kingtavo_pipeline.defs.runs import utc_window
 from kingtavo_pipeline.extract.http import HttpError
@@ -120,8 +121,9 @@ def _window_pages(connector, store, source: ApiSource, entity: str, merchant: st
         position = page.extra.get("resume")
         if not position:
             return
-        # records without an id or a time go to dead_letters, not raw_data
-        kept = frame[(frame["source_id"] != "") & frame["occurred_at"].notna()].drop_duplicates(["source_id", "payload"])
+        # records without an id or a time, or dated before the first partition, go to dead_letters
+        malformed, undated, too_old = rejected(frame, pd.Timestamp(FIRST_DAY, tz="UTC"))
+        kept = frame[~malformed & ~undated & ~too_old].drop_duplicates(["source_id", "payload"])
         pending.append((position, {"ids": kept["source_id"].tolist(),
                                    "hashes": [payload_hash(p) for p in kept["payload"]]}))
         committed = None

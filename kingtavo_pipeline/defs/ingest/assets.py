@@ -53,6 +53,16 @@ def configured_sources() -> SourcesConfig:
     return load_sources(get_settings().sources_file or default_sources_path())
 
 
+def rejected(frame: pd.DataFrame, first_day: pd.Timestamp) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Which rows of a batch go to dead_letters instead of raw_data: malformed (``error`` set),
+    undated, dated before the first partition. The one rule for every path that lands or counts
+    landed rows (an API window's resume position counts only rows raw_data was meant to get)."""
+    malformed = frame["error"].notna()
+    undated = frame["occurred_at"].isna() & ~malformed
+    too_old = ~malformed & ~undated & (frame["occurred_at"] < first_day)
+    return malformed, undated, too_old
+
+
 def _date_label(source: CsvSource | RssSource) -> str:
     return getattr(source, "date_column", None) or "published"
 
@@ -97,10 +107,8 @@ def land_source(
         for frame in batches:
             counts.extracted += len(frame)
             occurred = frame["occurred_at"]
-            errors = frame["error"]  # set on malformed rows (RAW_COLUMNS)
-            malformed = errors.notna()
-            undated = occurred.isna() & ~malformed
-            too_old = ~malformed & ~undated & (occurred < first_day)
+            malformed, undated, too_old = rejected(frame, first_day)
+            errors = frame["error"]
             keep = ~malformed & ~undated & ~too_old
             batch = frame.loc[keep, ["source_id", "payload", *(["content_hash"] if "content_hash" in frame else [])]]
             batch = batch.assign(partition_date=occurred[keep])  # land_raw takes the UTC day

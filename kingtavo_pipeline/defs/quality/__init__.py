@@ -70,6 +70,7 @@ CORE_ROW_HAS_RAW_RECORD = SqlRule(
                          WHERE r.id = u.raw_data_id AND r.source_type = u.source_type
                            AND r.source_name = u.source_name AND r.source_id = u.source_id)""",
     description="every core row points at the raw observation (raw_data) of the same record it was mapped from",
+    tables=("unified_items", "raw_data"),
 )
 
 

@@ -50,6 +50,13 @@ from kingtavo_pipeline.quality.rules import (
     sql_literal,
 )
 from kingtavo_pipeline.quality.stats import assess_volume
+from kingtavo_pipeline.storage.changes import (
+    clickhouse_fingerprint,
+    definition_of,
+    fingerprint_of,
+    postgres_fingerprint,
+    remembered,
+)
 from kingtavo_pipeline.storage.clickhouse import CLICKHOUSE_POOL
 from kingtavo_pipeline.storage.errors import StoreUnavailableError, describe_error
 
@@ -149,6 +156,11 @@ class QualityCheck:
     def evaluate(self, stores: Stores, start: dt.date, end: dt.date, settings: CheckSettings) -> dict[dt.date, DayResult]:
         raise NotImplementedError
 
+    def reads(self) -> tuple[tuple[Store, str], ...] | None:
+        """The tables the check's verdict depends on, or None when that is not known (or it also
+        depends on the clock): then it is evaluated every time rather than remembered."""
+        return None
+
     def for_merchant(self, merchant: str) -> "QualityCheck":
         """This check narrowed to one merchant of a (date x merchant) partitioned asset."""
         raise NotImplementedError(f"{self.asset_key.to_user_string()}/{self.name} is not evaluated per merchant")
@@ -189,6 +201,9 @@ class _TableCheck(QualityCheck):
 
     def _rows(self, stores: Stores, query: str) -> list[tuple]:
         return stores.pg_rows(query) if self.store == "postgres" else stores.ch_rows(query)
+
+    def reads(self):
+        return ((self.store, self.table),)
 
     def _counts(self, stores: Stores, start: dt.date, end: dt.date, predicates: Sequence[str]) -> dict[dt.date, tuple[int, list[int]]]:
         """``{day: (rows, [rows matching each predicate])}`` for the days that have rows."""
@@ -261,6 +276,9 @@ class SqlRuleCheck(QualityCheck):
     """A consistency rule in PostgreSQL: its query selects the violating rows (``partition_date``, ``key``)."""
 
     rule: SqlRule | None = None
+
+    def reads(self):
+        return tuple(("postgres", t) for t in self.rule.tables) or None
 
     def evaluate(self, stores, start, end, settings):
         params = {"start": start, "end": end, **dict(self.rule.params)}
@@ -357,6 +375,9 @@ class ReconciliationCheck(QualityCheck):
     money_columns: tuple[str, ...] = ()
     compare_counts: bool = True
     partition_column: str = "partition_date"
+
+    def reads(self):
+        return (("postgres", self.core_table), ("clickhouse", self.warehouse_table))
 
     def evaluate(self, stores, start, end, settings):
         sums = "".join(f", sum({ident(c)})" for c in self.money_columns)
@@ -458,6 +479,9 @@ class SchemaDriftCheck(QualityCheck):
     known: tuple[str, ...] = ()  # keys the mapping may read but need not find
     per_merchant: bool = False  # raw source name <source_name>/<merchant> (date x merchant partitions)
 
+    def reads(self):
+        return (("postgres", "raw_data"),)
+
     def _source(self) -> str:
         where = f"r.source_type = {sql_literal(self.source_type)} AND r.source_name = {sql_literal(self.source_name)}"
         return where + (f" AND r.entity = {sql_literal(self.entity)}" if self.entity is not None else "")
@@ -514,6 +538,9 @@ class OverdueCheck(_TableCheck):
 
     waiting: str = ""
     since_column: str = ""
+
+    def reads(self):
+        return None  # "waiting longer than" changes with the clock alone
 
     def evaluate(self, stores, start, end, settings):
         minutes = float(settings.max_age_minutes)
@@ -805,6 +832,36 @@ def multi_key(partitions_def: dg.MultiPartitionsDefinition, day: dt.date, mercha
     return dg.MultiPartitionKey({time_dim: day.isoformat(), other: merchant})
 
 
+def _encode(results: Mapping[dt.date, DayResult]) -> dict[str, Any]:
+    return {day.isoformat(): {"passed": r.passed, "metadata": dict(r.metadata), "description": r.description,
+                              "severity": r.severity} for day, r in results.items()}
+
+
+def _decode(stored: Mapping[str, Any], evaluated_at: dt.datetime) -> dict[dt.date, DayResult]:
+    return {dt.date.fromisoformat(day): DayResult(r["passed"], {**r["metadata"], "evaluated_at": evaluated_at.isoformat()},
+                                                  r["description"], r["severity"]) for day, r in stored.items()}
+
+
+def _evaluate(check: QualityCheck, stores: Stores, start: dt.date, end: dt.date, settings: CheckSettings,
+              run_id: str | None) -> tuple[dict[dt.date, DayResult], dt.datetime | None]:
+    """The check's verdicts over the window; remembered (``check_memo``) and reused while nothing
+    it reads changed, for windows that are over (a day still open changes with the clock)."""
+    reads = check.reads()
+    if reads is None or end > dt.datetime.now(dt.timezone.utc).date():
+        return check.evaluate(stores, start, end, settings), None
+    pg = [t for s, t in reads if s == "postgres"]
+    ch = [t for s, t in reads if s == "clickhouse"]
+    definition = definition_of(check, settings)
+
+    def fingerprint() -> str | None:
+        return fingerprint_of(definition, [postgres_fingerprint(stores.postgres, pg) if pg else "",
+                                           clickhouse_fingerprint(stores.clickhouse, ch) if ch else ""])
+
+    return remembered(stores.postgres, f"{check.asset_key.to_user_string()}/{check.name}", f"{start}/{end}",
+                      fingerprint, lambda: check.evaluate(stores, start, end, settings),
+                      encode=_encode, decode=_decode, run_id=run_id)
+
+
 def evaluate_all(context, checks: Sequence[QualityCheck], settings: Mapping[dg.AssetCheckKey, CheckSettings],
                  postgres: PostgresResource, clickhouse: ClickHouseResource, start: dt.date, end: dt.date
                  ) -> dict[dg.AssetCheckKey, dict[dt.date, DayResult]]:
@@ -814,9 +871,13 @@ def evaluate_all(context, checks: Sequence[QualityCheck], settings: Mapping[dg.A
     names = ", ".join(c.name for c in checks)
     with ExitStack() as stack:
         stores = Stores(postgres, clickhouse, stack)
+        run_id = getattr(getattr(context, "run", None), "run_id", None)
         for check in checks:
             try:
-                results[check.key] = check.evaluate(stores, start, end, settings[check.key])
+                results[check.key], reused = _evaluate(check, stores, start, end, settings[check.key], run_id)
+                if reused is not None:
+                    context.log.info(f"{check.asset_key.to_user_string()}/{check.name} [{start}, {end}): nothing it "
+                                     f"reads changed since its evaluation at {reused:%Y-%m-%d %H:%M:%S} UTC; that verdict stands")
             except StoreUnavailableError as exc:
                 raise dg.Failure(
                     description=f"quality checks [{names}] could not reach their store: {exc}",

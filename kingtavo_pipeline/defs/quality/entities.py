@@ -228,6 +228,7 @@ ORDER_TOTAL_MATCHES_LINES = SqlRule(
                             + coalesce(o.shipping, 0)
                             + (coalesce(o.tax, 0) - coalesce(s.tax, 0)))) > %(tolerance)s""",
     params=(("tolerance", 0.01),),
+    tables=("orders", "order_lines"),
     description="order total = sum of its lines' totals - order discount not on lines + shipping + tax not on "
     "lines, within the tolerance",
 )
@@ -270,6 +271,7 @@ def _duplicates_rule(name: str, table: str, column: str, description: str) -> Sq
            FROM {table} t JOIN dup d ON d.source_type = t.source_type AND d.source_name = t.source_name
                 AND d.merchant_id = t.merchant_id AND d.v = lower(btrim(t.{column}))
            WHERE t.partition_date >= %(start)s AND t.partition_date < %(end)s""",
+        tables=(table,),
         description=description,
     )
 
