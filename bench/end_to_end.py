@@ -14,7 +14,9 @@ It prints, for the first run and the unchanged rerun: each step's wall time (fro
 step events), end-to-end rows/s, each step's time against a raw PostgreSQL ``COPY`` of the same
 file into a text table measured in the same run, and the peak RSS of every process of the run
 (the run process and each step subprocess, read from ``/proc/<pid>/status`` VmHWM while they
-live). The row counts of both stores are checked at the end.
+live). The row counts of both stores are checked at the end. Last, it times PostgreSQL writing
+the rows the run wrote into copies of ``raw_data`` and ``unified_items`` (same columns and
+indexes): the storage design's own floor under the raw and core steps.
 """
 
 from __future__ import annotations
@@ -163,6 +165,24 @@ def raw_copy_seconds(store, csv_path: Path) -> float:
     return elapsed
 
 
+def table_write_floors(store) -> dict[str, float]:
+    """Seconds PostgreSQL itself needs to write the rows the run wrote, into a copy of each table
+    with the same columns and indexes (INSERT ... SELECT, logged like the real one): the floor of
+    the storage design under each step, measured on the same rows, in the same run."""
+    floors = {}
+    for table in ("raw_data", "unified_items"):
+        with store.transaction() as conn:
+            conn.execute(f"DROP TABLE IF EXISTS bench_floor_{table}")
+            conn.execute(f"CREATE TABLE bench_floor_{table} (LIKE {table} INCLUDING DEFAULTS INCLUDING INDEXES)")
+        started = time.perf_counter()
+        with store.transaction() as conn:
+            conn.execute(f"INSERT INTO bench_floor_{table} SELECT * FROM {table}")
+        floors[table] = time.perf_counter() - started
+        with store.transaction() as conn:
+            conn.execute(f"DROP TABLE bench_floor_{table}")
+    return floors
+
+
 def fresh_postgres_database() -> tuple[str, str] | None:
     """On a configured server, work in a database of our own (never in the server's data)."""
     import uuid
@@ -277,6 +297,9 @@ def main() -> None:
                 print(f"  {cmd + f' ({pid})':<48} {kib / 1024:>12.0f}")
     first, rerun = runs[0][1], runs[1][1]
     print(f"\nunchanged rerun: {first / rerun:.1f}x faster than the first run")
+    floors = table_write_floors(store)
+    print("PostgreSQL writing the same rows into copies of the tables (same columns and indexes): "
+          + ", ".join(f"{t} {s:.2f} s ({args.rows / s:,.0f} rows/s)" for t, s in floors.items()))
 
     core = store.fetch_value("SELECT count(*) FROM unified_items")
     with open_clickhouse(settings) as client:
