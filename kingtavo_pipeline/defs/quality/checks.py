@@ -24,11 +24,21 @@ covers the whole range) does not run; the per-day evaluations say which days to 
 
 A store that cannot be reached, or a query that fails, fails the step with a message naming the
 store and the checks: a check that could not look never passes.
+
+Memory: chDB runs in the step's process, so what a ClickHouse query holds is the step's RSS. A
+ClickHouse query reads one day (one partition) at a time (:meth:`Stores.ch_by_day`): a FINAL over
+the whole window merges the parts of every partition at once, even on one thread, so its memory
+grew with the window (10M rows over 5 days in 100 parts a day: +330 MiB for the window's query,
++55 MiB for a day's). Uniqueness across partitions compares the window's key hashes in slices of at
+most ``slice_keys`` keys. PostgreSQL queries keep the window (their memory is the server's).
+chDB's background merges of parts a load left unmerged also run in whichever process opens the
+warehouse next, often a check step: that memory is the parts' (``bench/check_memory.py`` shows it
+apart), not the checks'.
 """
 
 import datetime as dt
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -63,16 +73,19 @@ from kingtavo_pipeline.storage.errors import StoreUnavailableError, describe_err
 Store = Literal["postgres", "clickhouse"]
 
 # Warehouse check queries stay well under 1 GiB: one thread (a FINAL read on 10M rows peaked at
-# ~1 GiB with the default threads, ~0.5 GiB with one), FINAL merged per partition only, and a hard
-# cap that fails the query (and so the check) rather than the process.
+# ~1 GiB with the default threads, ~0.5 GiB with one), FINAL merged per partition only, one
+# partition per query (Stores.ch_by_day), groupings and sorts spilled to disk past 100 MB, and a
+# hard cap that fails the query (and so the check) rather than the process.
 CLICKHOUSE_SETTINGS = (
     " SETTINGS max_threads = 1, do_not_merge_across_partitions_select_final = 1,"
-    " max_bytes_before_external_group_by = 200000000, max_memory_usage = 700000000"
+    " max_bytes_before_external_group_by = 100000000, max_bytes_before_external_sort = 100000000,"
+    " max_memory_usage = 700000000"
 )
 
 
-# keys of a uniqueness check's window compared per query (~130 MiB of sets and groups at most)
-CROSS_CHECK_KEYS = 2_000_000
+# keys of a uniqueness check's window compared per query: its IN set and grouping hold at most this
+# many 64-bit hashes (tens of MiB), however large the window
+CROSS_CHECK_KEYS = 1_000_000
 
 # --- results -------------------------------------------------------------------------------------
 
@@ -111,6 +124,17 @@ class Stores:
 
     def ch_rows(self, query: str) -> list[tuple]:
         return self.clickhouse.query(query + CLICKHOUSE_SETTINGS).result_rows
+
+    def ch_by_day(self, query: Callable[[dt.date, dt.date], str], start: dt.date, end: dt.date) -> list[tuple]:
+        """The rows of ``query(day, next day)`` for every day of [start, end), one query per day.
+
+        Warehouse tables are partitioned by day: each query then reads (and FINAL merges) the parts
+        of one partition, so it holds a day's worth of part readers, not the window's.
+        """
+        rows: list[tuple] = []
+        for day in _days(start, end):
+            rows += self.ch_rows(query(day, day + dt.timedelta(days=1)))
+        return rows
 
 
 def _days(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -205,12 +229,17 @@ class _TableCheck(QualityCheck):
     def reads(self):
         return ((self.store, self.table),)
 
+    def _window_rows(self, stores: Stores, query: Callable[[dt.date, dt.date], str], start: dt.date,
+                     end: dt.date) -> list[tuple]:
+        """``query(start, end)`` in PostgreSQL; in ClickHouse, ``query`` a day at a time."""
+        return stores.pg_rows(query(start, end)) if self.store == "postgres" else stores.ch_by_day(query, start, end)
+
     def _counts(self, stores: Stores, start: dt.date, end: dt.date, predicates: Sequence[str]) -> dict[dt.date, tuple[int, list[int]]]:
         """``{day: (rows, [rows matching each predicate])}`` for the days that have rows."""
         sums = "".join(f", sum(CASE WHEN {p} THEN 1 ELSE 0 END)" for p in predicates)
-        query = (f"SELECT {self._part} AS day, count(*){sums} FROM {self._from()} "
-                 f"WHERE {self._filter(start, end)} GROUP BY 1")
-        return {_date(r[0]): (int(r[1]), [int(v or 0) for v in r[2:]]) for r in self._rows(stores, query)}
+        rows = self._window_rows(stores, lambda lo, hi: (f"SELECT {self._part} AS day, count(*){sums} FROM {self._from()} "
+                                                         f"WHERE {self._filter(lo, hi)} GROUP BY 1"), start, end)
+        return {_date(r[0]): (int(r[1]), [int(v or 0) for v in r[2:]]) for r in rows}
 
     def _sample(self, stores: Stores, day: dt.date, predicate: str, n: int) -> list[str]:
         """Up to ``n`` keys of rows matching ``predicate`` on ``day`` (keys only: never payloads)."""
@@ -308,6 +337,8 @@ class UniquenessCheck(_TableCheck):
     FINAL hides are reported at WARN severity rather than passed over."""
 
     key_is_sorting_key: bool = True  # the natural key is the table's ORDER BY (as for unified_items)
+    # window keys compared across partitions per query (the hash slices' size); bounds its memory
+    slice_keys: int = CROSS_CHECK_KEYS
 
     def evaluate(self, stores, start, end, settings):
         keys = ", ".join(ident(c) for c in self.key_columns)
@@ -317,18 +348,20 @@ class UniquenessCheck(_TableCheck):
         where = self._filter(start, end)
         base = f"FROM {ident(self.table)}"
         extra = f" AND ({self.where})" if self.where else ""
-        raw = {_date(r[0]): int(r[1]) for r in stores.ch_rows(
-            f"SELECT {self.partition_column}, count() {base} WHERE {where} GROUP BY 1")}
+        raw = {_date(r[0]): int(r[1]) for r in stores.ch_by_day(lambda lo, hi: (
+            f"SELECT {self.partition_column}, count() {base} WHERE {self._filter(lo, hi)} GROUP BY 1"), start, end)}
         # FINAL keeps one row per sorting key and partition: when the natural key is the sorting key,
         # no duplicate can survive it inside a partition, and the (memory-hungry) distinct count is skipped
         distinct = "count()" if self.key_is_sorting_key else f"uniqExact({hashed})"
-        final = {_date(r[0]): (int(r[1]), int(r[2])) for r in stores.ch_rows(
-            f"SELECT {self.partition_column}, count(), {distinct} {base} FINAL WHERE {where} GROUP BY 1")}
+        # a day at a time: FINAL merges that partition's parts only (the window's at once grew with it)
+        final = {_date(r[0]): (int(r[1]), int(r[2])) for r in stores.ch_by_day(lambda lo, hi: (
+            f"SELECT {self.partition_column}, count(), {distinct} {base} FINAL WHERE {self._filter(lo, hi)} GROUP BY 1"),
+            start, end)}
         n = int(settings.sample_size or 0)
         # Keys of the window that also live in another partition (FINAL never merges across
-        # partitions). The window's key hashes are taken in slices of CROSS_CHECK_KEYS, so the set and
-        # the grouping stay bounded however large the window is.
-        slices = max(1, -(-sum(raw.values()) // CROSS_CHECK_KEYS))
+        # partitions). The window's key hashes are taken in slices of at most slice_keys, so the set
+        # and the grouping stay bounded however large the window is.
+        slices = max(1, -(-sum(raw.values()) // max(1, int(self.slice_keys))))
         cross: dict[dt.date, tuple[int, list[str]]] = {}
         for i in range(slices):
             part = f"{hashed} % {slices} = {i}"
@@ -385,9 +418,9 @@ class ReconciliationCheck(QualityCheck):
         core = {_date(r[0]): r[1:] for r in stores.pg_rows(
             f"SELECT {self.partition_column}, count(*){sums} FROM {ident(self.core_table)} "
             f"WHERE {_range_sql(self.partition_column, start, end, 'postgres')} {group}")}
-        warehouse = {_date(r[0]): r[1:] for r in stores.ch_rows(
+        warehouse = {_date(r[0]): r[1:] for r in stores.ch_by_day(lambda lo, hi: (
             f"SELECT {self.partition_column}, count(){sums} FROM {ident(self.warehouse_table)} FINAL "
-            f"WHERE {_range_sql(self.partition_column, start, end, 'clickhouse')} {group}")}
+            f"WHERE {_range_sql(self.partition_column, lo, hi, 'clickhouse')} {group}"), start, end)}
         tolerance = float(settings.tolerance or 0)
         empty = (0, *([None] * len(self.money_columns)))
         out = {}
@@ -428,9 +461,9 @@ class VolumeCheck(_TableCheck):
         metrics = ["rows", *(f"sum:{c}" for c in self.money_columns)]
         sums = "".join(f", sum({ident(c)})" for c in self.money_columns)
         history_start = start - dt.timedelta(days=window)
-        values = {_date(r[0]): [float(v or 0) for v in r[1:]] for r in self._rows(stores, (
+        values = {_date(r[0]): [float(v or 0) for v in r[1:]] for r in self._window_rows(stores, lambda lo, hi: (
             f"SELECT {self._part} AS day, {self.count_expr}{sums} FROM {self._from()} "
-            f"WHERE {self._filter(history_start, end)} GROUP BY 1"))}
+            f"WHERE {self._filter(lo, hi)} GROUP BY 1"), history_start, end)}
         first = self._rows(stores, f"SELECT min({self._part}) FROM {self._from()}"
                                    + (f" WHERE {self.where}" if self.where else ""))[0][0]
         first_day = _date(first) if first is not None else None
@@ -547,9 +580,9 @@ class OverdueCheck(_TableCheck):
         overdue = (f"({self.waiting}) AND {ident(self.since_column)} < now() - "
                    f"make_interval(secs => {minutes * 60:.0f})")
         counts = self._counts(stores, start, end, [f"({self.waiting})", overdue])
-        oldest = {_date(r[0]): float(r[1] or 0) for r in self._rows(stores, (
+        oldest = {_date(r[0]): float(r[1] or 0) for r in self._window_rows(stores, lambda lo, hi: (
             f"SELECT {self._part} AS day, extract(epoch FROM now() - min({ident(self.since_column)})) / 60 "
-            f"FROM {self._from()} WHERE {self._filter(start, end)} AND ({self.waiting}) GROUP BY 1"))}
+            f"FROM {self._from()} WHERE {self._filter(lo, hi)} AND ({self.waiting}) GROUP BY 1"), start, end)}
         out = {}
         for day in _days(start, end):
             rows, (waiting, late) = counts.get(day, (0, [0, 0]))
@@ -578,8 +611,8 @@ class MetricReconciliationCheck(QualityCheck):
     def evaluate(self, stores, start, end, settings):
         names = [*self.counts, *self.sums]
         core = {_date(r[0]): r[1:] for r in stores.pg_rows(self.core_sql, {"start": start, "end": end})}
-        warehouse = {_date(r[0]): r[1:] for r in stores.ch_rows(self.warehouse_sql.format(
-            start=_day_literal(start, "clickhouse"), end=_day_literal(end, "clickhouse")))}
+        warehouse = {_date(r[0]): r[1:] for r in stores.ch_by_day(lambda lo, hi: self.warehouse_sql.format(
+            start=_day_literal(lo, "clickhouse"), end=_day_literal(hi, "clickhouse")), start, end)}
         tolerance = float(settings.tolerance or 0)
         empty = (None,) * len(names)
         out = {}
