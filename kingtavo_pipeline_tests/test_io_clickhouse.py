@@ -453,3 +453,17 @@ def test_expression_partition_expr_makes_its_column_a_key(iom, clickhouse, expr)
     with pytest.raises(ValueError, match=r"key column\(s\) \['event_time'\]"):
         write(iom, ["by_expr"], pa.table([[at, None], [1, 2], ["b", "b"]], schema=schema), **day)
     assert clickhouse.query(f"SELECT id, note FROM {DB}.by_expr FINAL ORDER BY id").result_rows == [(1, "a"), (2, None)]
+
+
+def test_tables_merge_few_parts_at_a_time(iom, clickhouse, settings):
+    """Migrated tables and the ones the IO manager creates cap a merge at 10 parts: chDB merges in
+    whichever process has the data open, and wide merges held hundreds of MiB there."""
+    schema = pa.schema([pa.field("day", pa.date32()), pa.field("id", pa.int64())])
+    write(iom, ["narrow_merges"], pa.table([[dt.date(2024, 1, 1)], [1]], schema=schema),
+          partition_key="2024-01-01", pdef=DAILY, metadata={"partition_expr": "day", "order_by": ["id"]})
+    found = dict(clickhouse.query(
+        "SELECT name, engine_full FROM system.tables WHERE (database = {db:String} AND name = 'narrow_merges') "
+        "OR (database = {home:String} AND name IN ('unified_items', 'orders_fact', 'customers_dim', 'products_dim'))",
+        parameters={"db": DB, "home": settings.clickhouse_database}).result_rows)
+    assert set(found) == {"narrow_merges", "unified_items", "orders_fact", "customers_dim", "products_dim"}
+    assert all("max_parts_to_merge_at_once = 10" in engine for engine in found.values()), found

@@ -132,6 +132,9 @@ def order_by_columns(metadata: Mapping[str, Any], table: str) -> list[str]:
     return [str(c) for c in order_by]
 
 
+MAX_PARTS_TO_MERGE_AT_ONCE = 10
+
+
 def create_table_ddl(context: OutputContext, table_slice: TableSlice, schema: pa.Schema, client: Client) -> str:
     """``CREATE TABLE IF NOT EXISTS`` for the slice's table from the Arrow schema of the output.
 
@@ -166,6 +169,9 @@ def create_table_ddl(context: OutputContext, table_slice: TableSlice, schema: pa
 
 
     ddl += f"\nORDER BY {_tuple(ordering)}"
+    # merges join few parts at a time: their read buffers live in whichever process has chDB open
+    # (see sql/clickhouse/0004_merge_width.sql)
+    ddl += f"\nSETTINGS max_parts_to_merge_at_once = {MAX_PARTS_TO_MERGE_AT_ONCE}"
     return ddl
 
 
