@@ -11,6 +11,7 @@ import pytest
 
 from kingtavo_pipeline.storage.changes import (
     MEMO_MAX_AGE,
+    block_ranges,
     clickhouse_fingerprint,
     postgres_fingerprint,
     remembered,
@@ -110,13 +111,34 @@ def test_fingerprints_name_unwatched_tables_as_unknown_and_follow_clickhouse_par
     assert postgres_fingerprint(store, ["memo_scratch"]) is None  # no change log: never remembered
     assert postgres_fingerprint(store, ["raw_data", "memo_scratch"]) is None
 
-    clickhouse.command("CREATE OR REPLACE TABLE memo_parts (k UInt32, x UInt32) ENGINE = MergeTree ORDER BY k")
+    clickhouse.command("CREATE OR REPLACE TABLE memo_parts (d Date, k UInt32, x UInt32) ENGINE = MergeTree "
+                       "PARTITION BY d ORDER BY k")
     empty = clickhouse_fingerprint(clickhouse, ["memo_parts"])
-    clickhouse.command("INSERT INTO memo_parts VALUES (1, 1)")
-    one = clickhouse_fingerprint(clickhouse, ["memo_parts"])
-    assert one != empty and clickhouse_fingerprint(clickhouse, ["memo_parts"]) == one
-    clickhouse.command("ALTER TABLE memo_parts UPDATE x = 2 WHERE x = 1 SETTINGS mutations_sync = 1")
-    assert clickhouse_fingerprint(clickhouse, ["memo_parts"]) != one
+    clickhouse.command("INSERT INTO memo_parts VALUES ('2024-11-01', 1, 1)")
+    clickhouse.command("INSERT INTO memo_parts VALUES ('2024-11-01', 2, 2)")
+    two = clickhouse_fingerprint(clickhouse, ["memo_parts"])
+    assert two != empty and clickhouse_fingerprint(clickhouse, ["memo_parts"]) == two
+    # a background merge changes the parts, not the data: not a change
+    clickhouse.command("OPTIMIZE TABLE memo_parts FINAL")
+    assert clickhouse.query("SELECT count() FROM system.parts WHERE database = currentDatabase() "
+                            "AND table = 'memo_parts' AND active").result_rows[0][0] == 1
+    assert clickhouse_fingerprint(clickhouse, ["memo_parts"]) == two
+    clickhouse.command("ALTER TABLE memo_parts UPDATE x = 3 WHERE k = 1 SETTINGS mutations_sync = 1")
+    mutated = clickhouse_fingerprint(clickhouse, ["memo_parts"])
+    assert mutated != two
+    # the IO manager's way of writing: a partition replaced from a stage table, even with equal rows
+    clickhouse.command("CREATE OR REPLACE TABLE memo_stage AS memo_parts")
+    clickhouse.command("INSERT INTO memo_stage SELECT * FROM memo_parts")
+    clickhouse.command("ALTER TABLE memo_parts REPLACE PARTITION '2024-11-01' FROM memo_stage")
+    replaced = clickhouse_fingerprint(clickhouse, ["memo_parts"])
+    assert replaced != mutated
+    clickhouse.command("TRUNCATE TABLE memo_parts")
+    assert clickhouse_fingerprint(clickhouse, ["memo_parts"]) not in (replaced, two)
+
+
+def test_block_ranges_join_neighbours_as_a_merge_does():
+    assert block_ranges([("t", "p", 3, 3), ("t", "p", 1, 2), ("t", "p", 5, 6), ("t", "q", 4, 4)]) == {
+        ("t", "p"): [(1, 3), (5, 6)], ("t", "q"): [(4, 4)]}
 
 
 @pytest.mark.slow

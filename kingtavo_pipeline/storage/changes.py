@@ -6,8 +6,9 @@ an unchanged rerun need not read the data again. What "not changed" means, per s
 * PostgreSQL: every statement writing a watched table logs a row in ``table_changes`` from a
   trigger in the writer's transaction (migration 0008), visible exactly when the write commits. A
   table's fingerprint is the count and sum of its log ids.
-* ClickHouse: a table's active parts (a part is immutable: every insert, replace, mutation or
-  merge makes new ones).
+* ClickHouse: the block numbers a table's active parts cover (every insert or attached part takes
+  new ones; a background merge only joins ranges, so it does not count as a change) and the
+  mutations run on it.
 
 :func:`remembered` reads the fingerprint before and after evaluating; only when both agree (no
 write committed in between, so every query of the evaluation saw the state the fingerprint names)
@@ -35,10 +36,17 @@ LEFT JOIN table_changes c ON c.table_name = t.name
 GROUP BY t.name ORDER BY t.name
 """
 
-CLICKHOUSE_PARTS_SQL = (
-    "SELECT table, count(), sum(rows), groupBitXor(cityHash64(name)), toString(max(modification_time)) "
-    "FROM system.parts WHERE database = currentDatabase() AND active AND table IN ({tables}) "
-    "GROUP BY table ORDER BY table"
+# Block numbers: every insert (or attached part) takes new ones, a merge only joins neighbouring
+# ranges, so the union of the active parts' ranges changes with the data and not with background
+# merges. Mutations (ALTER UPDATE/DELETE, lightweight deletes) keep the ranges and are counted apart.
+CLICKHOUSE_BLOCKS_SQL = (
+    "SELECT table, partition_id, min_block_number, max_block_number FROM system.parts "
+    "WHERE database = currentDatabase() AND active AND table IN ({tables}) "
+    "ORDER BY table, partition_id, min_block_number"
+)
+CLICKHOUSE_MUTATIONS_SQL = (
+    "SELECT table, count(), max(mutation_id) FROM system.mutations "
+    "WHERE database = currentDatabase() AND table IN ({tables}) GROUP BY table"
 )
 
 
@@ -55,15 +63,28 @@ def postgres_fingerprint(store, tables: Iterable[str]) -> str | None:
     return ";".join(f"{name}:{count}:{total}" for name, count, total, _ in rows)
 
 
-def clickhouse_fingerprint(client, tables: Iterable[str]) -> str | None:
+def block_ranges(rows: Iterable[tuple[str, str, int, int]]) -> dict[tuple[str, str], list[tuple[int, int]]]:
+    """Parts' block ranges per (table, partition), neighbouring ranges joined: what a merge keeps."""
+    out: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for table, partition, lo, hi in sorted(rows):
+        ranges = out.setdefault((table, partition), [])
+        if ranges and lo <= ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], max(hi, ranges[-1][1]))
+        else:
+            ranges.append((lo, hi))
+    return out
+
+
+def clickhouse_fingerprint(client, tables: Iterable[str]) -> str:
     names = sorted(set(tables))
     if not names:
         return ""
     quoted = ", ".join("'" + n.replace("\\", "\\\\").replace("'", "\\'") + "'" for n in names)
-    rows = client.query(CLICKHOUSE_PARTS_SQL.format(tables=quoted)).result_rows
-    found = {r[0]: r for r in rows}
-    # a table without parts is empty (or missing): say so, so that its first rows change this
-    return ";".join(f"{n}:" + (":".join(str(v) for v in found[n][1:]) if n in found else "empty") for n in names)
+    ranges = block_ranges(client.query(CLICKHOUSE_BLOCKS_SQL.format(tables=quoted)).result_rows)
+    mutations = {r[0]: (int(r[1]), str(r[2])) for r in client.query(CLICKHOUSE_MUTATIONS_SQL.format(tables=quoted)).result_rows}
+    # a table without parts is empty (or missing): its first rows change this
+    return ";".join(
+        f"{n}:{sorted((p, r) for (t, p), r in ranges.items() if t == n)}:{mutations.get(n, (0, ''))}" for n in names)
 
 
 def fingerprint_of(definition: str, parts: Iterable[str | None]) -> str | None:
