@@ -9,6 +9,7 @@ import threading
 import dagster as dg
 import pytest
 
+import kingtavo_pipeline.storage.changes as changes
 from kingtavo_pipeline.storage.changes import (
     MEMO_MAX_AGE,
     block_ranges,
@@ -75,6 +76,29 @@ def test_a_verdict_stands_until_a_write_to_what_it_read_commits(store):
     # an old verdict is evaluated again even when nothing changed (clock-dependent rules)
     later = dt.datetime.now(dt.timezone.utc) + MEMO_MAX_AGE + dt.timedelta(minutes=1)
     assert _remember(store, evaluate, now=lambda: later) == (2, None) and len(calls) == 4
+
+
+def test_a_long_change_log_is_cut_back_and_the_check_evaluated_again_once(store, monkeypatch):
+    calls = []
+
+    def evaluate():
+        calls.append(1)
+        return _count(store)
+
+    for i in range(3):
+        with store.transaction() as conn:
+            _insert_raw(conn, f"r{i}")
+    # the log as long as it may get (the fixture's TRUNCATE logged a row too)
+    monkeypatch.setattr(changes, "COMPACT_AFTER", store.fetch_value(
+        "SELECT count(*) FROM table_changes WHERE table_name = 'raw_data'"))
+    assert _remember(store, evaluate) == (3, None)
+    assert _remember(store, evaluate)[1] is not None and len(calls) == 1
+    with store.transaction() as conn:
+        _insert_raw(conn, "r3")  # one more logged write: the log is too long now
+    assert _remember(store, evaluate) == (4, None) and len(calls) == 2
+    assert store.fetch_value("SELECT count(*) FROM table_changes WHERE table_name = 'raw_data'") == 1
+    assert _remember(store, evaluate) == (4, None) and len(calls) == 3  # remembered under the short log
+    assert _remember(store, evaluate)[1] is not None and len(calls) == 3
 
 
 def test_a_write_committed_during_the_evaluation_is_not_remembered(store):
