@@ -183,3 +183,31 @@ def test_an_unchanged_rerun_reuses_the_checks_and_a_tampered_day_is_judged_again
     money = {p: e for (a, c, p), e in evaluations(tampered).items() if (a, c) == (CORE, "money_non_negative")}
     assert not all(e.passed for e in money.values())
     assert all("evaluated_at" not in values(e) for e in money.values())  # judged afresh
+
+
+def test_each_merchant_narrowing_of_a_check_is_remembered_on_its_own(store):
+    """Date x merchant checks run one narrowed variant per merchant over the same window: each
+    keeps its own verdict (they used to overwrite one entry, so none was ever reused)."""
+    from contextlib import ExitStack
+
+    from kingtavo_pipeline.defs.quality.checks import CompletenessCheck, Stores, _evaluate
+    from kingtavo_pipeline.defs.resources import PostgresResource
+    from kingtavo_pipeline.quality.config import CheckSettings
+
+    with store.transaction() as conn:
+        for merchant in ("m1", "m2"):
+            conn.execute(
+                "INSERT INTO raw_data (source_type, source_name, entity, source_id, partition_date, payload, payload_hash) "
+                "VALUES ('salla', %s, 'orders', '1', '2024-11-01', '{}', 'h')", (f"salla/{merchant}",))
+    check = CompletenessCheck(dg.AssetKey(["raw", "salla", "orders"]), "completeness", "completeness", "", ("postgres",),
+                              table="raw_data", merchant_filter=("source_name", "salla/"), columns=("source_id",))
+    settings = CheckSettings(max_rate=0.0, sample_size=0)
+    day, next_day = dt.date(2024, 11, 1), dt.date(2024, 11, 2)
+    with ExitStack() as stack:
+        stores = Stores(PostgresResource(), None, stack)
+        first = {m: _evaluate(check.for_merchant(m), stores, day, next_day, settings, None) for m in ("m1", "m2")}
+        again = {m: _evaluate(check.for_merchant(m), stores, day, next_day, settings, None) for m in ("m1", "m2")}
+    assert all(reused is None for _, reused in first.values())
+    assert all(reused is not None for _, reused in again.values())
+    assert {m: r[day].metadata["rows"] for m, (r, _) in again.items()} == {"m1": 1, "m2": 1}
+    assert store.fetch_value("SELECT count(*) FROM check_memo WHERE check_key = 'raw/salla/orders/completeness'") == 2

@@ -37,6 +37,7 @@ apart), not the checks'.
 """
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -890,8 +891,11 @@ def _evaluate(check: QualityCheck, stores: Stores, start: dt.date, end: dt.date,
         return fingerprint_of(definition, [postgres_fingerprint(stores.postgres, pg) if pg else "",
                                            clickhouse_fingerprint(stores.clickhouse, ch) if ch else ""])
 
-    return remembered(stores.postgres, f"{check.asset_key.to_user_string()}/{check.name}", f"{start}/{end}",
-                      fingerprint, lambda: check.evaluate(stores, start, end, settings),
+    # one entry per variant of the check too: a check narrowed to each merchant (date x merchant
+    # partitions) is remembered once per merchant, not overwritten by the next merchant's
+    variant = hashlib.sha256(definition.encode()).hexdigest()[:16]
+    return remembered(stores.postgres, f"{check.asset_key.to_user_string()}/{check.name}",
+                      f"{start}/{end}#{variant}", fingerprint, lambda: check.evaluate(stores, start, end, settings),
                       encode=_encode, decode=_decode, run_id=run_id)
 
 
