@@ -127,10 +127,12 @@ def arrow_text(arr: pa.Array) -> pa.Array:
     if pa.types.is_null(arr.type):
         return pa.nulls(len(arr), pa.string())
     if pa.types.is_boolean(arr.type):
-        arr = pc.if_else(arr, "true", "false")
+        return pc.if_else(arr, "true", "false")  # never blank: nothing to trim
     elif pa.types.is_floating(arr.type):
         # Python's repr (the shortest exact form, as JSON wrote it), not Arrow's formatting
-        arr = pa.array([_scalar_text(v) for v in arr.to_pylist()], pa.string())
+        return pa.array([_scalar_text(v) for v in arr.to_pylist()], pa.string())
+    elif pa.types.is_integer(arr.type):
+        return arr.cast(pa.string())
     elif not pa.types.is_string(arr.type):
         arr = arr.cast(pa.string())
     arr = pc.utf8_trim_whitespace(arr)
@@ -232,6 +234,58 @@ def _decimal_from_text(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return pc.round(good.cast(pa.decimal128(38, 12), safe=False), 4, round_mode=_HALF_UP), bad
 
 
+# Below these magnitudes numbers convert in numpy (see _decimal_from_numbers); above, through Arrow's decimals.
+_FAST_FLOAT_LIMIT = 1e8
+_HALF_MARGIN = 0.01  # in units of the 4th decimal: a float this close to a half-way point takes the exact path
+
+
+def _decimal_from_numbers(arr: pa.Array) -> pa.Array | None:
+    """int64/float64 -> decimal(18,4) computed in numpy, or None where the exact Arrow route must
+    decide: integers at or beyond the decimal's range, floats not finite, of |x| >= 1e8 or within
+    1e-6 of a half-way point between two 4-place decimals (which way it rounds depends on digits
+    below what the float product resolves). Elsewhere the result is the one Arrow's route gives:
+    the nearest 4-place decimal to the float (half away from zero), since the product's error
+    (< 4e-4 units at these magnitudes) cannot cross a rounding boundary kept 0.01 units away."""
+    if arr.type == pa.int64():
+        v = pc.fill_null(arr, 0).to_numpy()
+        if ((v >= _DECIMAL_LIMIT) | (v <= -_DECIMAL_LIMIT)).any():
+            return None
+        unscaled = v * 10_000
+    elif arr.type == pa.float64():
+        x = pc.fill_null(arr, 0.0).to_numpy()
+        with np.errstate(invalid="ignore"):
+            if not (np.abs(x) < _FAST_FLOAT_LIMIT).all():  # also NaN / infinities
+                return None
+        y = np.abs(x) * 10_000.0
+        whole = np.floor(y)
+        if (np.abs(y - whole - 0.5) < _HALF_MARGIN).any():
+            return None
+        unscaled = np.floor(y + 0.5).astype(np.int64)
+        unscaled = np.where(x < 0, -unscaled, unscaled)
+    else:
+        return None
+    words = np.empty((len(arr), 2), dtype=np.int64)
+    words[:, 0] = unscaled
+    words[:, 1] = unscaled >> 63  # two's complement high word
+    validity = pa.array(_valid(arr)).buffers()[1] if arr.null_count else None
+    return pa.Array.from_buffers(DECIMAL_TYPE, len(arr), [validity, pa.py_buffer(words)], null_count=arr.null_count)
+
+
+def _via_unique(text: pa.Array, convert: Any) -> pd.Series | None:
+    """A long text column of few distinct values (a status, "0") converted once per distinct value
+    and spread back; None when that is not worth it or when a value fails (the caller then
+    converts every row, which words the problems per row)."""
+    if len(text) < 1024:
+        return None
+    unique = pc.unique(text)
+    if len(unique) * 16 > len(text):
+        return None
+    each = convert(unique)
+    if each.problems:
+        return None
+    return _series(pc.take(pa.array(each.values), pc.index_in(text, value_set=unique)))
+
+
 def convert_decimal(values: Any, **_: Any) -> Converted:
     """Numbers, numeric strings ("1,234.50", "19,90") and money objects' amounts -> decimal(18,4).
 
@@ -251,6 +305,9 @@ def convert_decimal(values: Any, **_: Any) -> Converted:
     elif pa.types.is_decimal(arr.type):
         wide = pc.round(arr.cast(pa.decimal128(38, 12), safe=False), 4, round_mode=_HALF_UP)
     elif pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+        fast = _decimal_from_numbers(arr)
+        if fast is not None:
+            return Converted(_series(fast), problems)
         number = arr.cast(pa.float64())
         # out-of-range and non-finite values are nulled before the cast, which would refuse them
         keep = pc.fill_null(pc.and_(pc.is_finite(number), pc.less(pc.abs(number), float(_DECIMAL_LIMIT))), False)
@@ -261,7 +318,11 @@ def convert_decimal(values: Any, **_: Any) -> Converted:
         else:
             wide = pc.round(pc.if_else(keep, number, pa.scalar(None, pa.float64())).cast(pa.decimal128(38, 12)), 4, round_mode=_HALF_UP)
     else:
-        wide, not_number = _decimal_from_text(arrow_text(arr))
+        text = arrow_text(arr)
+        repeated = _via_unique(text, convert_decimal)
+        if repeated is not None:
+            return Converted(repeated, problems)
+        wide, not_number = _decimal_from_text(text)
     if not_number.any():
         problems.append(Problem(not_number, "invalid_type", quote(_bad_values(arr, not_number, values)) + " is not a number"))
     limit = pa.scalar(Decimal(_DECIMAL_LIMIT), pa.decimal128(38, 12))
@@ -364,14 +425,20 @@ def _localize(wall: pd.Series, zones: pd.Series) -> tuple[pd.Series, np.ndarray]
     return out, bad_zone
 
 
-def _arrow_times(text: pa.Array, aware: np.ndarray, zones: pa.Array | None, timezone: str) -> pa.Array | None:
+# convert_timestamp first tries Arrow's parse of times without offset over the whole column
+_NAIVE_FIRST = True
+
+
+def _arrow_times(text: pa.Array, aware: np.ndarray, zones: pa.Array | None, timezone: str,
+                 naive_all: pa.Array | None = None) -> pa.Array | None:
     """The fast path: ISO-8601 strings parsed by Arrow's cast, naive ones placed in their zone.
     None when any string is not Arrow's ISO-8601 (the tiered pandas parser then takes over)."""
     utc = pa.timestamp("us", "UTC")
     try:
         if aware.all():
             return text.cast(utc)
-        naive = pc.if_else(pa.array(aware), pa.scalar(None, pa.string()), text).cast(pa.timestamp("us"))
+        naive = naive_all if naive_all is not None else \
+            pc.if_else(pa.array(aware), pa.scalar(None, pa.string()), text).cast(pa.timestamp("us"))
         offset = pc.if_else(pa.array(aware), text, pa.scalar(None, pa.string())).cast(utc) if aware.any() else None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
@@ -418,9 +485,18 @@ def convert_timestamp(
         return Converted(out, problems)
     text_arr = arrow_text(arr)
     zone_arr = arrow_text(to_arrow(zones)[0]) if zones is not None else None
-    aware = np.asarray(pc.fill_null(pc.match_substring_regex(text_arr, _AWARE_RE), False).to_numpy(zero_copy_only=False), dtype=bool)
+    naive_all = None
+    if not (format or dayfirst or unit) and _NAIVE_FIRST:
+        try:  # all of them ISO-8601 without an offset (Arrow refuses any string with one): no regex pass
+            naive_all = text_arr.cast(pa.timestamp("us"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    if naive_all is not None:
+        aware = np.zeros(n, dtype=bool)
+    else:
+        aware = np.asarray(pc.fill_null(pc.match_substring_regex(text_arr, _AWARE_RE), False).to_numpy(zero_copy_only=False), dtype=bool)
     if not (format or dayfirst or unit):
-        fast = _arrow_times(text_arr, aware, zone_arr, timezone)
+        fast = _arrow_times(text_arr, aware, zone_arr, timezone, naive_all)
         if fast is not None:
             return Converted(pd.Series(fast.to_pandas(), dtype=TS_DTYPE), problems)
     text = _series(text_arr).astype(object)

@@ -54,12 +54,14 @@ class Evaluated:
     problems: list[Problem]
 
 
-def evaluate(spec: FieldSpec, inputs: Sequence[Any], *, zones: Any = None, timezone: str = "UTC") -> Evaluated:
+def evaluate(spec: FieldSpec, inputs: Sequence[Any], *, zones: Any = None, timezone: str = "UTC",
+             memo: dict | None = None) -> Evaluated:
     """Evaluate one field over a column: ``inputs`` holds one sequence of raw values per input of
     ``spec`` (a single one for ``path``; ``const`` needs one of the right length, e.g. ``[None] * n``).
 
     Order: transforms, enum map, default, type conversion, required check. Problems carry reasons
-    only ("'abc' is not a number"); the caller names the field.
+    only ("'abc' is not a number"); the caller names the field. ``memo`` (a dict kept for one batch)
+    lets fields converting the very same input column the same way share one conversion.
     """
     values: Any = inputs[0]
     if spec.is_const:
@@ -82,7 +84,16 @@ def evaluate(spec: FieldSpec, inputs: Sequence[Any], *, zones: Any = None, timez
                    "format": spec.format, "unit": spec.unit}
     elif spec.type == "integer":
         options = {"min": spec.min}
-    converted = CONVERTERS[spec.type](values, **options)
+    key = None
+    if memo is not None and values is inputs[0] and not spec.is_const:  # the raw input, unchanged
+        key = (id(values), id(zones), spec.type, tuple((k, v) for k, v in options.items() if k != "zones"))
+    hit = memo.get(key) if key is not None else None
+    if hit is not None:
+        converted = hit[2]
+    else:
+        converted = CONVERTERS[spec.type](values, **options)
+        if key is not None:  # the inputs are held too, so their ids stay theirs for the batch
+            memo[key] = (values, zones, converted)
     problems += converted.problems
     if spec.required:
         missing = np.array(converted.values.isna(), dtype=bool)  # a writable copy
@@ -264,6 +275,7 @@ class _Run:
         self.merchant = merchant.astype(object).where(merchant.notna(), "").astype(str).to_numpy(dtype=object)
         self.issues: list[tuple[np.ndarray, int, np.ndarray]] = []  # (records, rank, messages)
         self._cache: dict[tuple, Any] = {}
+        self._converted: dict[tuple, Any] = {}  # conversions shared by fields (see evaluate)
 
     def execute(self) -> MappingOutput:
         # The collector stays off for the whole run: extraction makes millions of tuples (no cycles)
@@ -307,7 +319,7 @@ class _Run:
         rejected, rejects = self._rejects()
         frames = {t.name: self._frame(t, values[t.name], levels[t.expand], rejected) for t in self.mapping.targets.values()}
         timings["output_s"] = time.perf_counter() - t3
-        self.root, self._cache = {}, {}  # the raw values, freed before the collector is back
+        self.root, self._cache, self._converted = {}, {}, {}  # the raw values, freed before the collector is back
         return MappingOutput(frames, rejects, timings)
 
     # ---- inputs
@@ -356,8 +368,10 @@ class _Run:
     def _field(self, target: TargetPlan, plan: FieldPlan, level: _Level, records: _Level) -> pd.Series:
         record_level = plan.record_level and level.parent_row is not None
         space = records if record_level else level
-        owner = self.merchant if space.parent_row is None else _take(self.merchant, space.parent_row)
-        overrides = {m: p for m, p in target.overrides.get(plan.name, {}).items() if (owner == m).any()}
+        overrides: dict[str, FieldPlan] = {}
+        if target.overrides.get(plan.name):  # each row's merchant, only needed for overrides
+            owner = self.merchant if space.parent_row is None else _take(self.merchant, space.parent_row)
+            overrides = {m: p for m, p in target.overrides[plan.name].items() if (owner == m).any()}
         pieces: list[tuple[np.ndarray | None, FieldPlan]] = []
         if overrides:
             taken = np.zeros(len(owner), dtype=bool)
@@ -373,7 +387,7 @@ class _Run:
             inputs = [_subset(self._column(level, i, record_level), rows) for i in p.inputs]
             zones = self._zones(level, p, record_level)
             result = evaluate(p.spec, inputs, zones=None if zones is None else _subset(zones, rows),
-                              timezone=self.mapping.spec.timezone)
+                              timezone=self.mapping.spec.timezone, memo=self._converted)
             self._report(target, p, result.problems, level, record_level, rows)
             results.append((rows, result.values))
         values = results[0][1] if len(results) == 1 else _combine(results, len(owner), plan.spec.type)

@@ -32,7 +32,6 @@ from kingtavo_pipeline.mapping.extract import (
     Expanded,
     Extracted,
     Leaf,
-    _columns,
     _compile,
     _expr,
     _leaf_exprs,
@@ -232,9 +231,12 @@ class FastExtractor:
     def _source(self, root: _Node, chains: list[list[_Node]], names: dict[str, Any]) -> str:
         gen = _Source(names, "r")
         statements, exprs = gen.leaves("d", root, self.leaves)
-        lines = ["def extract(payloads):", "    root = []", "    rapp = root.append", "    fast = []", "    slow = []"]
-        for j in range(len(self.expands)):
-            lines += [f"    out{j} = []", f"    app{j} = out{j}.append", f"    present{j} = []"]
+        # one list per value read, appended to in the pass: no tuple per row, no transposition after
+        lines = ["def extract(payloads):", *_column_lists("rc", len(exprs)), "    fast = []", "    slow = []"]
+        for j, spec in enumerate(self.expands):
+            width = sum(leaf.width for leaf in spec.leaves) + sum(leaf.width for leaf in spec.parent_leaves)
+            # per record its number of rows (row numbers and positions follow from the counts)
+            lines += [*_column_lists(f"x{j}_", width), f"    present{j} = []", f"    counts{j} = []"]
         lines += [
             "    for r, p in enumerate(payloads):",
             "        try:",
@@ -244,12 +246,12 @@ class FastExtractor:
             "            continue",
             "        fast.append(r)",
             *(f"        {line}" for line in statements),
-            f"        rapp(({', '.join(exprs)}{',' if exprs else ''}))",
+            *(f"        rc{i}({e})" for i, e in enumerate(exprs)),
         ]
         for j, (spec, elements) in enumerate(zip(self.expands, chains)):
             lines += self._expand(j, spec, root, elements, names)
-        outs = ", ".join(f"(out{j}, present{j})" for j in range(len(self.expands)))
-        lines.append(f"    return root, fast, slow, [{outs}]")
+        outs = ", ".join(f"(x{j}_, present{j}, counts{j})" for j in range(len(self.expands)))
+        lines.append(f"    return rc, fast, slow, [{outs}]")
         return "\n".join(lines)
 
     @staticmethod
@@ -281,31 +283,40 @@ class FastExtractor:
         parent_statements, parent_exprs = _Source(names, f"p{j}_").leaves(parent_var, parent_node, spec.parent_leaves)
         lines += [f"{pad}{line}" for line in statements + parent_statements]
         values = exprs + parent_exprs
-        lines += [f"{pad}app{j}((r, k, {', '.join(values)}{',' if values else ''}))", f"{pad}k += 1"]
-        lines += ["        else:", f"            present{j}.append(False)"]
+        lines += [f"{pad}x{j}_{i}({e})" for i, e in enumerate(values)] + [f"{pad}k += 1"]
+        lines += ["        else:", f"            present{j}.append(False)", f"        counts{j}.append(k)"]
         return lines
 
     def __call__(self, payloads: Sequence[Any]) -> Extracted:
-        root_rows, fast, slow, outs = self._fn(payloads)
-        width = sum(leaf.width for leaf in self.leaves)
-        root = _name_columns(self.leaves, _columns(root_rows, width), len(root_rows)) if self.leaves else {}
-        del root_rows
+        root_columns, fast, slow, outs = self._fn(payloads)
+        root = _name_columns(self.leaves, root_columns, len(fast)) if self.leaves else {}
+        records = np.asarray(fast, dtype=np.int64)
         expanded = []
-        for spec, (rows, present) in zip(self.expands, outs):
+        for spec, (columns, present, counts) in zip(self.expands, outs):
             own = sum(leaf.width for leaf in spec.leaves)
-            columns = _columns(rows, 2 + own + sum(leaf.width for leaf in spec.parent_leaves))
+            per_record = np.asarray(counts, dtype=np.int64)
+            rows = np.repeat(records, per_record)  # row numbers of the whole batch
+            n = len(rows)
+            starts = np.cumsum(per_record) - per_record  # first row of each record
             expanded.append(Expanded(
-                rows=columns[0],  # row numbers of the whole batch
-                index=columns[1],
+                rows=rows,
+                index=np.arange(n, dtype=np.int64) - np.repeat(starts, per_record),
                 present=present,
-                columns=_name_columns(spec.leaves, columns[2 : 2 + own], len(rows)),
-                parent_columns=_name_columns(spec.parent_leaves, columns[2 + own :], len(rows)),
+                columns=_name_columns(spec.leaves, columns[:own], n),
+                parent_columns=_name_columns(spec.parent_leaves, columns[own:], n),
             ))
         extracted = Extracted(root, expanded, {})
         if not slow:
             return extracted
         old = self.fallback([payloads[i] for i in slow])
-        return _merge(extracted, np.asarray(fast, dtype=np.int64), old, np.asarray(slow, dtype=np.int64), len(payloads))
+        return _merge(extracted, records, old, np.asarray(slow, dtype=np.int64), len(payloads))
+
+
+def _column_lists(tag: str, width: int) -> list[str]:
+    """Source creating ``width`` lists, held in the list ``tag``, with their appends as ``tag0``..."""
+    lines = [f"    {tag} = [[] for _ in range({width})]"]
+    lines += [f"    {tag}{i} = {tag}[{i}].append" for i in range(width)]
+    return lines
 
 
 def _compile_with(source: str, namespace: dict[str, Any]) -> Any:

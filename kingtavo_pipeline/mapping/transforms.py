@@ -92,9 +92,13 @@ def first_non_null(inputs: list) -> pd.Series:
     """The first input that is present and not blank, in the order given (values keep their JSON type
     when all inputs share it, else all become text)."""
     arrays = []
-    for column in inputs:
+    for i, column in enumerate(inputs):
         arr, nested = to_arrow(column)
-        if pa.types.is_string(arr.type):
+        if i == 0 and pa.types.is_string(arr.type):
+            arr = arrow_text(arr)
+            if arr.null_count == 0:  # every row has its first input: the rest are not read (all text)
+                return _series(arr)
+        if pa.types.is_string(arr.type) and i > 0:
             arr = arrow_text(arr)  # a blank string is no value
         arrays.append((arr, nested))
     types = {a.type for a, _ in arrays if not pa.types.is_null(a.type)}
@@ -200,7 +204,10 @@ def is_present(inputs: list) -> pd.Series:
 @register("id_or_position", inputs=(3, 3), params=("sep",))
 def id_or_position(inputs: list, sep: str = ":") -> pd.Series:
     """A child row's own id, else "<parent id><sep><position>" (inputs: id, parent id, ``$index``)."""
-    own, parent, index = (_arrow_text(column) for column in inputs)
+    own = _arrow_text(inputs[0])
+    if own.null_count == 0:  # every row has its own id
+        return _series(own)
+    parent, index = (_arrow_text(column) for column in inputs[1:])
     return _series(pc.coalesce(own, pc.binary_join_element_wise(parent, index, sep)))
 
 

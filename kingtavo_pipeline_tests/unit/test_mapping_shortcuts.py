@@ -1,0 +1,168 @@
+"""The column work's shortcuts against the general route they skip: numbers -> decimal(18,4) in
+numpy, text of few distinct values converted once per value, times parsed by Arrow before any
+regex, conversions shared by fields reading the same column, and transforms that stop at a
+complete first input. Each must give exactly what
+the general route gives (values, dtypes, problems and their messages)."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from kingtavo_pipeline.mapping import columns, engine, shipped_mapping
+from kingtavo_pipeline.mapping.columns import arrow_text, convert_decimal, to_arrow
+from kingtavo_pipeline.mapping.transforms import REGISTRY
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from mapping import generate  # noqa: E402  (the benchmark's Salla order details)
+
+
+def _general(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every shortcut of this module off."""
+    monkeypatch.setattr(columns, "_decimal_from_numbers", lambda arr: None)
+    monkeypatch.setattr(columns, "_via_unique", lambda text, convert: None)
+    monkeypatch.setattr(columns, "_NAIVE_FIRST", False)
+    evaluate = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda *args, memo=None, **kwargs: evaluate(*args, **kwargs))
+
+
+def _same(fast: columns.Converted, slow: columns.Converted) -> None:
+    pd.testing.assert_series_equal(fast.values, slow.values, check_exact=True)
+    assert [(p.error_type, p.mask.tolist(), list(np.atleast_1d(p.reasons))) for p in fast.problems] == \
+        [(p.error_type, p.mask.tolist(), list(np.atleast_1d(p.reasons))) for p in slow.problems]
+
+
+def _decimal_cases(rng: random.Random) -> list:
+    scale = rng.choice([1, 10, 100, 1000, 10_000, 100_000, 10**6, 10**9])
+    magnitude = rng.choice([10, 10**4, 10**8, 10**12, 10**15, 10**20])
+    values: list = [rng.randint(-magnitude, magnitude) / scale if rng.random() < 0.9 else None for _ in range(300)]
+    roll = rng.random()
+    # integers (some beyond the decimal's range; not beyond 2**53, which the exact route cannot take either)
+    whole = [None if v is None else (round(v) if abs(v) < 2**53 else None) for v in values]
+    if roll < 0.2:
+        values = whole
+    elif roll < 0.35:
+        values = [w if rng.random() < 0.5 else v for v, w in zip(values, whole)]  # ints and floats
+    elif roll < 0.5:
+        # half-way between two 4-place decimals, and just beside it
+        values = [(rng.randint(-10**7, 10**7) + 0.5 + rng.choice([0, 1e-9, -1e-9, 1e-6])) / 10_000 for _ in range(300)]
+    elif roll < 0.55:
+        values += [float("inf"), 0.00005, -2.00015, 1.00005, -0.0]
+    return values
+
+
+def test_numbers_to_decimal_in_numpy_match_the_exact_route(monkeypatch):
+    rng = random.Random(11)
+    cases = [_decimal_cases(rng) for _ in range(600)]
+    cases += [[1.5, 2.25, None, -0.0, 12_345_678.9999], [0.00005], [99_999_999.99995], [10**14 - 1, -(10**14) + 1, None]]
+    fast = [convert_decimal(c) for c in cases]
+    taken = sum(columns._decimal_from_numbers(to_arrow(c)[0]) is not None for c in cases)
+    monkeypatch.setattr(columns, "_decimal_from_numbers", lambda arr: None)
+    for case, result in zip(cases, fast):
+        _same(result, convert_decimal(case))
+    assert taken > 200  # the shortcut was taken for most columns, the exact route for the rest
+
+
+def test_text_of_few_values_converted_once_per_value(monkeypatch):
+    rng = random.Random(12)
+    pool = ["0", "1,234.50", " 12 ", "", None, "1e5", "abc", "-0.00005", "19,90", "99999999999999", "€ 5", "3.14159", "1.23456789"]
+    cases = []
+    for _ in range(150):
+        chosen = rng.sample(pool, rng.randint(1, len(pool)))
+        cases.append([rng.choice(chosen) for _ in range(rng.choice([100, 2000, 5000]))])
+    cases.append(["0"] * 4000 + [{"x": 1}])  # an object among them
+    fast = [convert_decimal(c) for c in cases]
+    monkeypatch.setattr(columns, "_via_unique", lambda text, convert: None)
+    for case, result in zip(cases, fast):
+        _same(result, convert_decimal(case))
+
+
+def test_transforms_stop_at_a_complete_first_input():
+    def general_first_non_null(inputs):
+        arrays = [to_arrow(c)[0] for c in inputs]
+        arrays = [arrow_text(a) if pa.types.is_string(a.type) else a for a in arrays]
+        types = {a.type for a in arrays if not pa.types.is_null(a.type)}
+        if len(types) > 1:
+            arrays = [arrow_text(a) for a in arrays]
+        kind = next(iter(types)) if len(types) == 1 else pa.string()
+        return pd.Series(pd.arrays.ArrowExtensionArray(pc.coalesce(*[a.cast(kind) for a in arrays])))
+
+    def general_id_or_position(inputs):
+        own, parent, index = (arrow_text(to_arrow(c)[0]) for c in inputs)
+        return pd.Series(pd.arrays.ArrowExtensionArray(pc.coalesce(own, pc.binary_join_element_wise(parent, index, ":"))))
+
+    firsts = [["SAR", " sar ", "usd"], ["SAR", "", "usd"], ["SAR", None, "x"], [1, 2, 3], [True, False, True], ["a", {"x": 1}, "b"]]
+    others = [["x", "y", "z"], [1, 2, 3], [None, None, None], [1.5, None, "q"]]
+    for first in firsts:
+        for other in others:
+            inputs = [first, other, list(reversed(other))]
+            pd.testing.assert_series_equal(REGISTRY["first_non_null"].fn(inputs), general_first_non_null(inputs), check_exact=True)
+            ids = [first, other, [0, 1, 2]]
+            pd.testing.assert_series_equal(REGISTRY["id_or_position"].fn(ids), general_id_or_position(ids), check_exact=True)
+
+
+def _salla_payloads(n: int) -> list:
+    docs = [orjson.loads(p) for p in generate(0, n)]
+    docs[1]["amounts"]["total"] = "abc"
+    del docs[2]["id"]
+    docs[3]["updated_at"] = {"date": "bad", "timezone": "Asia/Riyadh"}
+    docs[4]["items"][0]["id"] = None                         # a line without its id: parent id and position
+    docs[5]["currency"] = None                               # the currency from the total's
+    docs[6]["amounts"]["sub_total"] = {"amount": 123456789012.5, "currency": "SAR"}  # beyond the numpy range
+    docs[7]["amounts"]["discounts"] = [{"discount": {"amount": "1.5"}}]
+    docs[8]["items"][1:] = []
+    docs[9]["updated_at"] = {"date": "2025-01-01 00:00:00.000000", "timezone": "Mars/Base"}
+    docs[10]["amounts"]["tax"]["amount"] = {"amount": 0.00005, "currency": "SAR"}  # half-way: the exact route
+    return [json.dumps(d).encode() for d in docs]
+
+
+@pytest.mark.parametrize("n", [60, 3000])
+def test_salla_batch_identical_with_and_without_shortcuts(monkeypatch, n):
+    mapping = shipped_mapping("salla", "orders")
+    payloads = _salla_payloads(n)
+    frame = pd.DataFrame({"payload": pd.Series(payloads, dtype=object), "raw_data_id": range(n),
+                          "source_id": [f"r{i}" for i in range(n)], "merchant_id": "m1"})
+    fast = mapping.run(frame)
+    _general(monkeypatch)
+    slow = mapping.run(frame)
+    for name in slow.frames:
+        pd.testing.assert_frame_equal(fast[name], slow[name], check_exact=True)
+        assert list(fast[name].dtypes) == list(slow[name].dtypes)
+    pd.testing.assert_frame_equal(fast.rejects, slow.rejects, check_exact=True)
+    assert set(fast.rejects["source_id"]) >= {"r1", "r2", "r3", "r9"}
+
+
+def test_times_arrow_parses_without_offset_never_carry_one(monkeypatch):
+    """convert_timestamp skips its offset regex when Arrow parses every string as a time without
+    offset: the strings it parses so must all be ones the regex calls naive."""
+    rng = random.Random(13)
+    parts = ["2025-01-02", "T", " ", "03:04", ":05", ".123456", ",5", "Z", "z", "+03:00", "-0500", "+03", " UTC", "GMT", "  "]
+    strings = ["".join(rng.choice(parts) for _ in range(rng.randint(1, 5))) for _ in range(3000)]
+    strings += [rng.choice(["2025-01-02", "2025-01-02T03:04", "2025-01-02 03:04:05"]) + rng.choice(["", ".5", "Z", "+03:00", " UTC"])
+                for _ in range(200)]
+    strings += ["2025-01-02 03:04:05.000000", "2025-01-02", "2025-01-02T03:04", "2025-01-02 03:04:05Z", "2025-01-02 03:04-05"]
+    parsed = 0
+    for s in strings:
+        try:
+            pa.array([s]).cast(pa.timestamp("us"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        parsed += 1
+        assert not pc.match_substring_regex(pa.array([s]), columns._AWARE_RE)[0].as_py(), s
+    assert parsed > 80
+    zones = [rng.choice(["Asia/Riyadh", "UTC", None, "Mars/Base"]) for _ in range(200)]
+    for chosen in (["2025-01-02 03:04:05.000000", "2025-03-30 02:30:00"], strings[:50] + [None, "", "bad"]):
+        values = [rng.choice(chosen) for _ in range(200)]
+        fast = columns.convert_timestamp(values, zones=zones, timezone="Asia/Riyadh")
+        with monkeypatch.context() as m:
+            m.setattr(columns, "_NAIVE_FIRST", False)
+            _same(fast, columns.convert_timestamp(values, zones=zones, timezone="Asia/Riyadh"))
