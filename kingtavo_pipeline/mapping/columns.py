@@ -358,14 +358,45 @@ def convert_integer(values: Any, *, min: float | None = None, **_: Any) -> Conve
 
     not_number = present & number.isna()
     problem(not_number, "invalid_type", " is not an integer")
-    fractional = present & number.notna() & (number != np.floor(number))
+    # a float holds integers exactly only below 2**53: beyond that the text is read exactly
+    exact, exact_fraction = _exact_integers(text, present & number.notna() & (number.abs() >= _EXACT_FLOAT_INT))
+    fractional = present & number.notna() & ((number != np.floor(number)) | exact_fraction)
     problem(fractional, "invalid_value", " is not a whole number")
     below = present & number.notna() & ~fractional & (number < min) if min is not None else pd.Series(False, index=text.index)
     problem(below, "invalid_value", f" must be >= {min:g}" if min is not None else "")
-    too_big = present & number.notna() & (number.abs() > _MAX_INT64)
+    outside = exact.map(lambda v: isinstance(v, int) and not (_MIN_INT64 <= v <= _MAX_INT64)).astype(bool)
+    too_big = present & number.notna() & ~fractional & (outside | (exact.isna() & (number.abs() >= 2.0**63)))
     problem(too_big, "invalid_value", " is too large")
-    usable = number.where(~(fractional | below | too_big))
-    return Converted(usable.round().astype("Int64"), problems)
+    keep = ~(fractional | below | too_big)
+    out = number.where(keep & exact.isna()).round().astype("Int64")
+    fix = keep & exact.notna()
+    if fix.any():
+        out[fix] = exact[fix].astype("Int64")
+    return Converted(out, problems)
+
+
+_EXACT_FLOAT_INT = 2**53
+_MIN_INT64 = -(2**63)
+
+
+def _exact_integers(text: pd.Series, rows: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """For ``rows`` (numbers too large for a float to hold exactly): the integer the text writes
+    (``"9007199254740993"``, ``"1,234"``, ``"3.0"``), and whether it has a fraction a float lost.
+    None / False where the text is no plain decimal number (the float's reading then stands)."""
+    out = pd.Series(None, index=text.index, dtype=object)
+    fraction = pd.Series(False, index=text.index)
+    for i in np.flatnonzero(rows.to_numpy(dtype=bool)):
+        try:
+            value = Decimal(str(text.iloc[i]).strip().replace(",", "").replace("_", ""))
+        except ArithmeticError:
+            continue
+        if not value.is_finite():
+            continue
+        if value == value.to_integral_value():
+            out.iloc[i] = int(value)
+        else:
+            fraction.iloc[i] = True
+    return out, fraction
 
 
 def _zone_ok(zone: str) -> bool:

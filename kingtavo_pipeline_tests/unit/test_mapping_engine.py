@@ -264,6 +264,24 @@ def test_integers_and_text_of_objects():
     }
 
 
+
+
+def test_integers_beyond_a_float_are_exact_and_beyond_int64_rejected_not_crashing():
+    """A float holds integers exactly only below 2**53, and 2**63 has no Int64: both used to go
+    wrong (ids silently rounded; a TypeError failing the whole batch)."""
+    spec = one_target({"source_id": {"path": "id"}, "n": {"path": "n", "type": "integer"}})
+    out = run(spec, {"id": 1, "n": 2**53 + 1}, {"id": 2, "n": str(-(2**53 + 1))}, {"id": 3, "n": 2**63 - 1},
+              {"id": 4, "n": -(2**63)}, {"id": 5, "n": 2**63}, {"id": 6, "n": "-9223372036854775809"},
+              {"id": 7, "n": "9007199254740993.5"}, {"id": 8, "n": 2**64 + 7}, {"id": 9, "n": 12})
+    assert out["things"]["n"].tolist() == [2**53 + 1, -(2**53 + 1), 2**63 - 1, -(2**63), 12]
+    rejects = rejects_by_source(out)
+    # JSON decoders read integers beyond 64 bits as floats: the message quotes what was read
+    assert rejects.pop("r7") == "things.n: '1.8446744073709552e+19' is too large (path n)"
+    assert rejects == {
+        "r4": "things.n: '9223372036854775808' is too large (path n)",
+        "r5": "things.n: '-9223372036854775809' is too large (path n)",
+        "r6": "things.n: '9007199254740993.5' is not a whole number (path n)",
+    }
 # ------------------------------------------------------------------------------- transforms
 
 
