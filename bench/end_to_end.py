@@ -14,7 +14,9 @@ It prints, for the first run and the unchanged rerun: each step's wall time (fro
 step events), end-to-end rows/s, each step's time against a raw PostgreSQL ``COPY`` of the same
 file into a text table measured in the same run, and the peak RSS of every process of the run
 (the run process and each step subprocess, read from ``/proc/<pid>/status`` VmHWM while they
-live). The row counts of both stores are checked at the end. Last, it times PostgreSQL writing
+live), with the CPU seconds each used and, when the PostgreSQL server runs on this machine, the
+CPU seconds of its backends serving the run: their sum over the machine's cores is the shortest
+wall time the same work could take here. The row counts of both stores are checked at the end. Last, it times PostgreSQL writing
 the rows the run wrote into copies of ``raw_data`` and ``unified_items`` (same columns and
 indexes): the storage design's own floor under the raw and core steps.
 """
@@ -91,13 +93,21 @@ SOURCES_YAML = """csv:
 
 
 class RssSampler:
-    """Polls the peak RSS (VmHWM) of this process and every descendant while they live."""
+    """Polls the peak RSS (VmHWM) and CPU time of this process and every descendant while they
+    live, and the CPU time of the PostgreSQL backends serving ``database`` when the server runs
+    on this machine (found by their process titles, ``postgres: ... <database> ...``)."""
 
-    def __init__(self, interval: float = 0.05):
+    def __init__(self, interval: float = 0.05, database: str | None = None):
         self.interval = interval
+        self.database = database
         self.peaks: dict[int, tuple[str, int]] = {}
+        self.cpu: dict[int, float] = {}  # seconds (user + system), newest reading per process
+        self.backend_cpu: dict[int, float] = {}
+        self._baseline: dict[int, float] = {}  # backends alive before the run: only what they add counts
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ticks = os.sysconf("SC_CLK_TCK")
+        self._rounds = 0
 
     @staticmethod
     def _children(pid: int) -> list[int]:
@@ -108,6 +118,13 @@ class RssSampler:
             except OSError:
                 pass
         return kids
+
+    def _cpu_of(self, pid: int) -> float | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / self._ticks
 
     def _sample(self) -> None:
         todo = [os.getpid()]
@@ -121,14 +138,44 @@ class RssSampler:
             hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
             name = self.peaks.get(pid, (cmd, 0))[0] or cmd
             self.peaks[pid] = (name, max(hwm, self.peaks.get(pid, ("", 0))[1]))
+            cpu = self._cpu_of(pid)
+            if cpu is not None:
+                self.cpu[pid] = cpu
             todo += self._children(pid)
+
+    def _sample_backends(self, first: bool = False) -> None:
+        if not self.database:
+            return
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("postgres:") and f" {self.database} " in title:
+                cpu = self._cpu_of(int(entry.name))
+                if cpu is not None:
+                    if first:
+                        self._baseline[int(entry.name)] = cpu
+                    self.backend_cpu[int(entry.name)] = cpu - self._baseline.get(int(entry.name), 0.0)
+
+    def cpu_used(self, pid: int) -> float:
+        """CPU seconds a process spent while sampled (a process older than the run: since the start)."""
+        return self.cpu.get(pid, 0.0) - self._baseline.get(pid, 0.0)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._sample()
+            if self._rounds % 10 == 0:  # a scan of every process: every 0.5 s
+                self._sample_backends()
+            self._rounds += 1
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:
+        self._sample()
+        self._baseline.update({pid: cpu for pid, cpu in self.cpu.items()})  # processes from before the run
+        self._sample_backends(first=True)
         self._thread.start()
         return self
 
@@ -136,6 +183,7 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self._sample()
+        self._sample_backends()
 
 
 def label(cmd: str) -> str:
@@ -213,7 +261,7 @@ def drop_postgres_database(bench_db: tuple[str, str]) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def run_job(instance, start: str, end: str):
+def run_job(instance, start: str, end: str, database: str | None = None):
     import dagster as dg
     from dagster._core.events import DagsterEventType
 
@@ -221,7 +269,7 @@ def run_job(instance, start: str, end: str):
 
     job = dg.reconstructable(_job)
     started = time.perf_counter()
-    with RssSampler() as sampler:
+    with RssSampler(database=database) as sampler:
         result = dg.execute_job(
             job, instance=instance,
             tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end},
@@ -236,8 +284,9 @@ def run_job(instance, start: str, end: str):
         if record.dagster_event and record.dagster_event.pid:
             names[record.dagster_event.pid] = f"step {record.step_key}"
     step_seconds = {k: max(v) - min(v) for k, v in steps.items() if len(v) == 2}
-    peaks = {pid: (names.get(pid) or label(cmd), kib) for pid, (cmd, kib) in sampler.peaks.items()}
-    return wall, step_seconds, peaks
+    peaks = {pid: (names.get(pid) or label(cmd), kib, sampler.cpu_used(pid))
+             for pid, (cmd, kib) in sampler.peaks.items()}
+    return wall, step_seconds, peaks, sum(sampler.backend_cpu.values()) if database else None
 
 
 def _job():
@@ -270,7 +319,7 @@ def main() -> None:
 
     from kingtavo_pipeline.settings import Settings
     from kingtavo_pipeline.storage.clickhouse import open_clickhouse
-    from kingtavo_pipeline.storage.postgres import get_store
+    from kingtavo_pipeline.storage.postgres import EMBEDDED_DATABASE, get_store
 
     bench_db = fresh_postgres_database()
     os.environ["KINGTAVO_CLICKHOUSE_DATABASE"] = "kingtavo_e2e_bench"
@@ -284,17 +333,29 @@ def main() -> None:
 
     start, end = START.isoformat(), (START + timedelta(days=args.days - 1)).isoformat()
     with dg.DagsterInstance.get() as instance:
-        runs = [("first run", *run_job(instance, start, end)), ("unchanged rerun", *run_job(instance, start, end))]
+        database = bench_db[1] if bench_db else (EMBEDDED_DATABASE if settings.embedded_postgres else None)
+        runs = [("first run", *run_job(instance, start, end, database)),
+                ("unchanged rerun", *run_job(instance, start, end, database))]
 
-    for name, wall, steps, peaks in runs:
+    cores = os.cpu_count() or 1
+    for name, wall, steps, peaks, backend_cpu in runs:
         print(f"== {name}: {wall:.1f} s wall, {args.rows / wall:,.0f} rows/s end to end, {wall / copy_s:.1f}x raw COPY")
         print(f"  {'step':<48} {'s':>8} {'x COPY':>8}")
         for step, seconds in sorted(steps.items(), key=lambda kv: kv[0]):
             print(f"  {step:<48} {seconds:>8.2f} {seconds / copy_s:>8.2f}")
-        print(f"  {'process':<48} {'peak RSS MiB':>12}")
-        for pid, (cmd, kib) in sorted(peaks.items(), key=lambda kv: -kv[1][1]):
+        print(f"  {'process':<48} {'peak RSS MiB':>12} {'CPU s':>8}")
+        for pid, (cmd, kib, cpu) in sorted(peaks.items(), key=lambda kv: -kv[1][1]):
             if kib > 50 * 1024:
-                print(f"  {cmd + f' ({pid})':<48} {kib / 1024:>12.0f}")
+                print(f"  {cmd + f' ({pid})':<48} {kib / 1024:>12.0f} {cpu:>8.1f}")
+        ours = sum(cpu for _, _, cpu in peaks.values())
+        if backend_cpu:
+            # what the run cost in CPU, wherever it ran: the wall time cannot drop below total / cores
+            total = ours + backend_cpu
+            print(f"  CPU: our processes {ours:.1f} s, PostgreSQL backends {backend_cpu:.1f} s "
+                  f"({backend_cpu / total:.0%}); {total:.1f} s in all = {total / cores:.1f} s on {cores} cores "
+                  f"at best ({args.rows / (total / cores):,.0f} rows/s) against {wall:.1f} s wall")
+        else:
+            print(f"  CPU: our processes {ours:.1f} s (PostgreSQL backends not on this machine, not counted)")
     first, rerun = runs[0][1], runs[1][1]
     print(f"\nunchanged rerun: {first / rerun:.1f}x faster than the first run")
     floors = table_write_floors(store)
