@@ -152,3 +152,29 @@ def test_checkpoint_moves_only_with_its_transaction(store):
         set_checkpoint(conn, "csv", "shop", "orders", "2024-11-01", 10)
     with store.transaction() as conn:
         assert get_checkpoint(conn, "csv", "shop", "orders") == "2024-11-01"
+
+
+def test_a_bulk_write_refreshes_the_planners_statistics(store):
+    """Core reads what the raw step landed seconds earlier: with statistics from before the write the
+    planner takes the million rows for a handful (nested loops, no parallel workers)."""
+    def land(first: int, n: int) -> None:
+        raw = pd.DataFrame({"source_id": [str(i) for i in range(first, first + n)],
+                            "partition_date": [dt.date(2024, 11, 1)] * n,
+                            "payload": [f'{{"n": {i}}}' for i in range(first, first + n)]})
+        with store.transaction() as conn:
+            land_raw(conn, raw, source_type="csv", source_name="shop", entity="orders", run_id="r1")
+
+    def known_rows() -> float:
+        return store.fetch_value("SELECT reltuples FROM pg_class WHERE oid = 'raw_data'::regclass")
+
+    land(0, 20_000)
+    assert known_rows() < 20_000  # nothing has analyzed the table since it was emptied
+    assert store.analyze_if_grown("raw_data", 20_000)
+    assert known_rows() == 20_000
+    land(20_000, 1_000)
+    assert not store.analyze_if_grown("raw_data", 1_000)  # a small write leaves it to autovacuum
+    assert known_rows() == 20_000
+    land(21_000, 12_000)
+    assert store.analyze_if_grown("raw_data", 12_000)
+    assert known_rows() == 33_000
+    assert not store.analyze_if_grown("no_such_table", 50_000)

@@ -11,6 +11,7 @@ import pytest
 
 import kingtavo_pipeline.defs.core.assets as core_assets
 import kingtavo_pipeline.defs.ingest.assets as ingest_assets
+import kingtavo_pipeline.storage.postgres as postgres_storage
 from kingtavo_pipeline.defs.warehouse.assets import warehouse_unified_items
 from kingtavo_pipeline.defs.warehouse.checks import row_count_matches_core
 from kingtavo_pipeline.io_managers import ClickHouseIOManager, PostgresIOManager
@@ -38,6 +39,12 @@ def test_a_partition_larger_than_the_batch_goes_through_every_layer_in_chunks(st
             yield frame
 
     monkeypatch.setattr(ingest_assets, "iter_raw_batches", small_batches)
+    monkeypatch.setattr(postgres_storage, "ANALYZE_MIN_ROWS", 10)  # these 60 rows count as a bulk write
+
+    def analyzed(table: str) -> int:
+        return store.fetch_value("SELECT analyze_count FROM pg_stat_user_tables WHERE relname = %s", (table,))
+
+    before = {t: analyzed(t) for t in ("raw_data", "unified_items")}
     resources = {
         **resources,
         "postgres_io_manager": PostgresIOManager(postgres=PostgresResource(), batch_rows=BATCH),
@@ -51,6 +58,8 @@ def test_a_partition_larger_than_the_batch_goes_through_every_layer_in_chunks(st
     )
     assert result.success
     assert len(read_batches) >= 60 // BATCH and max(read_batches) <= BATCH
+    # the steps refreshed the statistics of what they wrote for the readers that follow
+    assert all(analyzed(t) > n for t, n in before.items())  # (autovacuum may have analyzed too)
 
     checks = {(e.asset_check_key.name, e.passed) for e in result.get_asset_check_evaluations()}
     assert checks == {("core_reflects_raw", True), ("row_count_matches_core", True)}
@@ -203,5 +212,6 @@ def test_peak_memory_does_not_grow_with_the_partition(postgres_url, tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         peaks[rows] = int(next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("PEAK_KIB"))) / 1024
     # 140,000 more rows: held whole by either layer (payload text, a pandas frame of the window)
-    # they cost well over 1 KiB a row, 150+ MiB. Streamed, the peak moved by about 20 MiB.
-    assert peaks[160_000] - peaks[20_000] < 50, peaks
+    # they cost well over 1 KiB a row, 150+ MiB. Streamed, the peak moves by 20 to 55 MiB from run
+    # to run (allocator pools and the Dagster event log; seen on a 2-core machine under load).
+    assert peaks[160_000] - peaks[20_000] < 80, peaks

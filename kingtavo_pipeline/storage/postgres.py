@@ -129,8 +129,33 @@ class PostgresStore:
         rows = self.fetch_all(query, params)
         return rows[0][0] if rows else None
 
+    def analyze_if_grown(self, table: str, written: int) -> bool:
+        """ANALYZE ``table`` when a write of ``written`` rows changed a tenth of it or more.
+
+        After a bulk write the planner's statistics still describe the table as it was (autovacuum
+        analyzes a minute later at best), so the next step's reads of the rows just written are
+        planned for the old size: a million rows read through nested loops, without parallel
+        workers. ANALYZE reads a fixed sample (well under a second at any size) and blocks no
+        writer; small writes skip it, as autovacuum's own threshold would.
+        """
+        if written < ANALYZE_MIN_ROWS:
+            return False
+        with self.transaction() as conn:
+            known = conn.execute("SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(%s)",
+                                 (table,)).fetchone()
+            if known is None or written < ANALYZE_GROWTH * known[0]:
+                return False
+            conn.execute(sql.SQL("ANALYZE {}").format(qualified(table)))
+        return True
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# analyze_if_grown: a write changing this share of a table's rows, and at least this many, refreshes
+# its statistics (autovacuum's default share is the same tenth)
+ANALYZE_GROWTH = 0.1
+ANALYZE_MIN_ROWS = 10_000
 
 
 def get_store(settings: Settings | None = None, *, migrate: bool = True) -> PostgresStore:

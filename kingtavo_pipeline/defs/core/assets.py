@@ -215,6 +215,7 @@ def core_unified_items(context: dg.AssetExecutionContext, config: CoreConfig, po
             context.log.info(f"{name}: {n} day(s) queued to be mapped again "
                              f"({'full refresh' if config.full_refresh else 'its mapping changed'})")
 
+    store.analyze_if_grown("unified_items", inserted + updated)  # the check and the warehouse read them next
     check = core_reflects_raw(store, start.date(), end.date(), run_id=run_id)
     yield dg.MaterializeResult(
         metadata={

@@ -176,6 +176,8 @@ def core_entities(context: dg.AssetExecutionContext, config: CoreConfig, postgre
                     conn.execute(TAKEN, params)
     if counts.failed:
         context.log.warning(f"{counts.failed} record(s) newly failed mapping and went to dead_letters")
+    for table in ENTITY_TABLES:  # the checks and the warehouse read them next
+        store.analyze_if_grown(table, written[table]["inserted"] + written[table]["updated"])
     for table in ENTITY_TABLES:
         yield dg.MaterializeResult(
             asset_key=["core", table],

@@ -162,6 +162,7 @@ def land_source(
         if now_as is not None:
             with store.transaction() as conn:  # every batch has committed: the source is landed whole
                 set_source_fingerprint(conn, source_type, source.name, source.entity, now_as)
+    store.analyze_if_grown("raw_data", new_records)  # core reads these rows next
     if counts.failed:
         context.log.warning(f"{counts.failed} new record(s) of {source.name} were malformed or had no usable date; see dead_letters")
     if other_days:
