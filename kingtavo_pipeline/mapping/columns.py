@@ -62,6 +62,144 @@ def quote(values: Sequence[Any], limit: int = 80) -> np.ndarray:
 # ------------------------------------------------------------------------------ raw -> Arrow
 
 
+class Column(list):
+    """A column of raw values (a list) that may carry ``arrow``: the very array
+    ``pa.array(self, from_pandas=True)`` gives, built beforehand (see :class:`ArrowChunks`)."""
+
+    __slots__ = ("arrow",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.arrow: pa.Array | None = None
+
+
+class ArrowColumn(Sequence):
+    """A column of raw JSON scalars held only as their Arrow array of strings, integers, booleans
+    or nulls: read as a sequence it gives back exactly the Python values (str, int, bool, None)
+    the array was built from, so it stands for that list anywhere (see :class:`ArrowChunks`)."""
+
+    __slots__ = ("arrow",)
+
+    def __init__(self, arrow: pa.Array) -> None:
+        self.arrow = arrow
+
+    def __len__(self) -> int:
+        return len(self.arrow)
+
+    def __iter__(self) -> Any:
+        return iter(self.arrow.to_pylist())
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return self.arrow.to_pylist()[i]
+        return self.arrow[int(i)].as_py()
+
+    def take(self, rows: np.ndarray) -> ArrowColumn:
+        return ArrowColumn(self.arrow.take(pa.array(rows)))
+
+
+# Types whose arrays ArrowChunks joins: a list of such values converts element by element, so the
+# array of the whole list is the chunks' arrays end to end.
+_CHUNKABLE = (pa.string(), pa.int64(), pa.float64(), pa.bool_())
+# Types whose arrays give back the very Python values (not float64: a list of ints and floats
+# becomes floats, 5 -> 5.0), so the values need not be kept
+_ROUND_TRIP = (pa.string(), pa.int64(), pa.bool_(), pa.null())
+_CHUNK_TEXT_LIMIT = 2**31 - 1  # beyond, Arrow would need large_string for the whole list
+
+
+class _Chunks:
+    """One column's state in :class:`ArrowChunks`."""
+
+    __slots__ = ("column", "parts", "kind", "keep", "done", "text")
+
+    def __init__(self, column: Column) -> None:
+        self.column = column
+        self.parts: list[pa.Array] | None = []  # None: given up, the column holds every value
+        self.kind: pa.DataType | None = None  # the type of the non-null chunks
+        self.keep = False  # the column holds every value (else only those not yet converted)
+        self.done = 0  # with keep: values converted
+        self.text = 0
+
+    def flush(self) -> None:
+        column, parts = self.column, self.parts
+        start = self.done if self.keep else 0
+        if parts is None or start == len(column):
+            return
+        try:
+            arr = pa.array(column[start:] if start else column, from_pandas=True)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            return self.give_up()
+        kind = arr.type
+        if kind != pa.null():
+            if not isinstance(arr, pa.Array) or kind not in _CHUNKABLE or (self.kind is not None and kind != self.kind):
+                return self.give_up()
+            self.kind = kind
+            if kind == pa.string():
+                self.text += arr.buffers()[2].size if arr.buffers()[2] is not None else 0
+                if self.text > _CHUNK_TEXT_LIMIT:
+                    return self.give_up()
+        parts.append(arr)
+        if not self.keep and kind not in _ROUND_TRIP:  # from now on the values stay
+            column[0:0] = [v for part in parts[:-1] for v in part.to_pylist()]
+            self.keep = True
+        if self.keep:
+            self.done = len(column)
+        else:
+            del column[:]  # freed while still in the CPU cache; the array gives them back
+
+    def give_up(self) -> None:
+        """No array for this column: it gets back every value it had."""
+        if not self.keep:
+            self.column[0:0] = [v for part in self.parts or [] for v in part.to_pylist()]
+        self.parts = None
+
+    def result(self) -> Sequence:
+        parts = self.parts
+        if parts is None or not parts:
+            return self.column
+        if self.kind is not None:
+            parts = [pa.nulls(len(p), self.kind) if p.type == pa.null() else p for p in parts]
+        arr = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+        if self.keep:
+            self.column.arrow = arr
+            return self.column
+        return ArrowColumn(arr)
+
+
+class ArrowChunks:
+    """Arrow arrays of growing :class:`Column` lists, built a chunk of new values at a time.
+
+    The extractor calls :meth:`flush` every few hundred records, while the values it has just
+    appended are still in the CPU cache: converting the whole column afterwards reads Python
+    objects scattered over the batch's memory and took 3-5 times as long. Strings, integers and
+    booleans are then dropped from the list (freed while in the cache, their memory reused by the
+    next records): :meth:`results` gives those columns as :class:`ArrowColumn`, which reads back the
+    same values; other columns stay lists, with their ``arrow``.
+
+    Exact: ``pa.array`` infers one type for the whole list and converts each value to it. When
+    every chunk inferred the same type among :data:`_CHUNKABLE` (chunks of only missing values
+    aside, which become nulls of that type), the whole list would have inferred that type too and
+    converted each value the same way, so the joined chunks are that array. Any other outcome (a
+    chunk of another type: ints then floats, mixed JSON types, objects, arrays, a failed
+    conversion) leaves that column a plain list of every value, converted whole later, as before.
+    """
+
+    def __init__(self) -> None:
+        self.states: list[_Chunks] = []
+
+    def start(self, columns: Sequence[Column]) -> None:
+        self.states = [_Chunks(c) for c in columns]
+
+    def flush(self) -> None:
+        for state in self.states:
+            state.flush()
+
+    def results(self) -> dict[int, Sequence]:
+        """Convert what is left; each column (by id) -> what stands for it."""
+        self.flush()
+        return {id(state.column): state.result() for state in self.states}
+
+
 def _scalar_text(v: Any) -> str | None:
     if v is None or v.__class__ is str:
         return v
@@ -80,6 +218,8 @@ def to_arrow(values: Any) -> tuple[pa.Array, np.ndarray | None]:
     """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
+    if values.__class__ is ArrowColumn or (values.__class__ is Column and values.arrow is not None):
+        values = values.arrow  # pa.array(values, from_pandas=True), built while extracting
     if isinstance(values, pa.Array):
         arr = values
     else:

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from kingtavo_pipeline.mapping.columns import (
     CONVERTERS,
+    ArrowColumn,
     OUTPUT_DTYPES,
     Problem,
     arrow_text,
@@ -474,7 +475,9 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _take(values: Any, rows: np.ndarray) -> np.ndarray:
+def _take(values: Any, rows: np.ndarray) -> Any:
+    if values.__class__ is ArrowColumn:
+        return values.take(rows)
     if not isinstance(values, np.ndarray):
         values = np.fromiter(values, dtype=object, count=len(values))
     return values[rows]
