@@ -275,8 +275,75 @@ def arrow_text(arr: pa.Array) -> pa.Array:
         return arr.cast(pa.string())
     elif not pa.types.is_string(arr.type):
         arr = arr.cast(pa.string())
-    arr = pc.utf8_trim_whitespace(arr)
+    edges = _edges(arr) if _EDGES_FIRST and isinstance(arr, pa.Array) else None
+    if edges is not None and edges[0]:
+        if not edges[1]:
+            return arr  # nothing to trim, nothing blank
+    else:
+        arr = pc.utf8_trim_whitespace(arr)
     return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+
+
+# arrow_text looks at the strings' first and last bytes before trimming (see _edges)
+_EDGES_FIRST = True
+# First bytes of UTF-8 that start no whitespace character: what utf8_trim_whitespace trims is
+# U+0009-000D, U+001C-0020, U+0085, U+00A0 (lead byte C2), U+1680 (E1), U+2000-200A, U+2028,
+# U+2029, U+202F, U+205F (E2) and U+3000 (E3). Bytes never first in valid UTF-8 count as unsafe.
+_SAFE_FIRST = np.zeros(256, dtype=bool)
+_SAFE_FIRST[0x21:0x80] = True
+_SAFE_FIRST[0xC3:0xE1] = True
+_SAFE_FIRST[0xE4:0xF5] = True
+
+
+def _edges(arr: pa.Array) -> tuple[bool, bool]:
+    """For a string array: (no present string starts or ends with a character
+    ``utf8_trim_whitespace`` trims, some present string is empty), read from the offsets and the
+    first and last bytes of each string in numpy, which costs a fraction of trimming (that copies
+    every string). When the first is true, trimming gives the array back unchanged.
+
+    The last character of a string ending in a byte >= 0x80 is found from its lead byte (valid
+    UTF-8, as every Arrow string array here is: two bytes from a lead byte C0-DF, three from E0-EF,
+    else four): it is whitespace only with lead C2 (two bytes) or E1, E2, E3 (three bytes); a
+    character of four bytes never is. Any doubt counts as whitespace, and the trim is done."""
+    buffers = arr.buffers()
+    n = len(arr)
+    offsets = np.frombuffer(buffers[1], dtype=np.int32)[arr.offset : arr.offset + n + 1] if n else np.zeros(1, np.int32)
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None and buffers[2].size else np.zeros(0, np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    filled = ends > starts
+    if arr.null_count:
+        valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        blank = bool((~filled & valid).any())
+        filled &= valid
+    else:
+        blank = not filled.all()
+    starts, ends = starts[filled], ends[filled]
+    if not _SAFE_FIRST[data[starts]].all():
+        return False, blank
+    last = data[ends - 1]
+    if (last <= 0x20).any():
+        return False, blank
+    wide = last >= 0x80
+    if wide.any():
+        ends, starts = ends[wide], starts[wide]
+        if (last[wide] >= 0xC0).any() or ((ends - starts) < 2).any():
+            return False, blank
+        second = data[ends - 2]
+        two = second >= 0xC0  # lead of a two-byte character
+        if (two & ((second == 0xC2) | (second >= 0xE0))).any():
+            return False, blank
+        rest = ~two
+        if rest.any():
+            ends, starts = ends[rest], starts[rest]
+            if ((ends - starts) < 3).any():
+                return False, blank
+            third = data[ends - 3]
+            three = third >= 0xC0  # lead of a three-byte character
+            if (three & ((third < 0xE0) | (third >= 0xF0) | (third == 0xE1) | (third == 0xE2) | (third == 0xE3))).any():
+                return False, blank
+            if (second[rest] < 0x80).any() or ((~three) & (third < 0x80)).any():
+                return False, blank  # not the continuation bytes valid UTF-8 has there
+    return True, blank
 
 
 def _series(arr: pa.Array, dtype: Any = None) -> pd.Series:
