@@ -62,6 +62,144 @@ def quote(values: Sequence[Any], limit: int = 80) -> np.ndarray:
 # ------------------------------------------------------------------------------ raw -> Arrow
 
 
+class Column(list):
+    """A column of raw values (a list) that may carry ``arrow``: the very array
+    ``pa.array(self, from_pandas=True)`` gives, built beforehand (see :class:`ArrowChunks`)."""
+
+    __slots__ = ("arrow",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.arrow: pa.Array | None = None
+
+
+class ArrowColumn(Sequence):
+    """A column of raw JSON scalars held only as their Arrow array of strings, integers, booleans
+    or nulls: read as a sequence it gives back exactly the Python values (str, int, bool, None)
+    the array was built from, so it stands for that list anywhere (see :class:`ArrowChunks`)."""
+
+    __slots__ = ("arrow",)
+
+    def __init__(self, arrow: pa.Array) -> None:
+        self.arrow = arrow
+
+    def __len__(self) -> int:
+        return len(self.arrow)
+
+    def __iter__(self) -> Any:
+        return iter(self.arrow.to_pylist())
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return self.arrow.to_pylist()[i]
+        return self.arrow[int(i)].as_py()
+
+    def take(self, rows: np.ndarray) -> ArrowColumn:
+        return ArrowColumn(self.arrow.take(pa.array(rows)))
+
+
+# Types whose arrays ArrowChunks joins: a list of such values converts element by element, so the
+# array of the whole list is the chunks' arrays end to end.
+_CHUNKABLE = (pa.string(), pa.int64(), pa.float64(), pa.bool_())
+# Types whose arrays give back the very Python values (not float64: a list of ints and floats
+# becomes floats, 5 -> 5.0), so the values need not be kept
+_ROUND_TRIP = (pa.string(), pa.int64(), pa.bool_(), pa.null())
+_CHUNK_TEXT_LIMIT = 2**31 - 1  # beyond, Arrow would need large_string for the whole list
+
+
+class _Chunks:
+    """One column's state in :class:`ArrowChunks`."""
+
+    __slots__ = ("column", "parts", "kind", "keep", "done", "text")
+
+    def __init__(self, column: Column) -> None:
+        self.column = column
+        self.parts: list[pa.Array] | None = []  # None: given up, the column holds every value
+        self.kind: pa.DataType | None = None  # the type of the non-null chunks
+        self.keep = False  # the column holds every value (else only those not yet converted)
+        self.done = 0  # with keep: values converted
+        self.text = 0
+
+    def flush(self) -> None:
+        column, parts = self.column, self.parts
+        start = self.done if self.keep else 0
+        if parts is None or start == len(column):
+            return
+        try:
+            arr = pa.array(column[start:] if start else column, from_pandas=True)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            return self.give_up()
+        kind = arr.type
+        if kind != pa.null():
+            if not isinstance(arr, pa.Array) or kind not in _CHUNKABLE or (self.kind is not None and kind != self.kind):
+                return self.give_up()
+            self.kind = kind
+            if kind == pa.string():
+                self.text += arr.buffers()[2].size if arr.buffers()[2] is not None else 0
+                if self.text > _CHUNK_TEXT_LIMIT:
+                    return self.give_up()
+        parts.append(arr)
+        if not self.keep and kind not in _ROUND_TRIP:  # from now on the values stay
+            column[0:0] = [v for part in parts[:-1] for v in part.to_pylist()]
+            self.keep = True
+        if self.keep:
+            self.done = len(column)
+        else:
+            del column[:]  # freed while still in the CPU cache; the array gives them back
+
+    def give_up(self) -> None:
+        """No array for this column: it gets back every value it had."""
+        if not self.keep:
+            self.column[0:0] = [v for part in self.parts or [] for v in part.to_pylist()]
+        self.parts = None
+
+    def result(self) -> Sequence:
+        parts = self.parts
+        if parts is None or not parts:
+            return self.column
+        if self.kind is not None:
+            parts = [pa.nulls(len(p), self.kind) if p.type == pa.null() else p for p in parts]
+        arr = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+        if self.keep:
+            self.column.arrow = arr
+            return self.column
+        return ArrowColumn(arr)
+
+
+class ArrowChunks:
+    """Arrow arrays of growing :class:`Column` lists, built a chunk of new values at a time.
+
+    The extractor calls :meth:`flush` every few hundred records, while the values it has just
+    appended are still in the CPU cache: converting the whole column afterwards reads Python
+    objects scattered over the batch's memory and took 3-5 times as long. Strings, integers and
+    booleans are then dropped from the list (freed while in the cache, their memory reused by the
+    next records): :meth:`results` gives those columns as :class:`ArrowColumn`, which reads back the
+    same values; other columns stay lists, with their ``arrow``.
+
+    Exact: ``pa.array`` infers one type for the whole list and converts each value to it. When
+    every chunk inferred the same type among :data:`_CHUNKABLE` (chunks of only missing values
+    aside, which become nulls of that type), the whole list would have inferred that type too and
+    converted each value the same way, so the joined chunks are that array. Any other outcome (a
+    chunk of another type: ints then floats, mixed JSON types, objects, arrays, a failed
+    conversion) leaves that column a plain list of every value, converted whole later, as before.
+    """
+
+    def __init__(self) -> None:
+        self.states: list[_Chunks] = []
+
+    def start(self, columns: Sequence[Column]) -> None:
+        self.states = [_Chunks(c) for c in columns]
+
+    def flush(self) -> None:
+        for state in self.states:
+            state.flush()
+
+    def results(self) -> dict[int, Sequence]:
+        """Convert what is left; each column (by id) -> what stands for it."""
+        self.flush()
+        return {id(state.column): state.result() for state in self.states}
+
+
 def _scalar_text(v: Any) -> str | None:
     if v is None or v.__class__ is str:
         return v
@@ -80,6 +218,8 @@ def to_arrow(values: Any) -> tuple[pa.Array, np.ndarray | None]:
     """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
+    if values.__class__ is ArrowColumn or (values.__class__ is Column and values.arrow is not None):
+        values = values.arrow  # pa.array(values, from_pandas=True), built while extracting
     if isinstance(values, pa.Array):
         arr = values
     else:
@@ -135,8 +275,75 @@ def arrow_text(arr: pa.Array) -> pa.Array:
         return arr.cast(pa.string())
     elif not pa.types.is_string(arr.type):
         arr = arr.cast(pa.string())
-    arr = pc.utf8_trim_whitespace(arr)
+    edges = _edges(arr) if _EDGES_FIRST and isinstance(arr, pa.Array) else None
+    if edges is not None and edges[0]:
+        if not edges[1]:
+            return arr  # nothing to trim, nothing blank
+    else:
+        arr = pc.utf8_trim_whitespace(arr)
     return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+
+
+# arrow_text looks at the strings' first and last bytes before trimming (see _edges)
+_EDGES_FIRST = True
+# First bytes of UTF-8 that start no whitespace character: what utf8_trim_whitespace trims is
+# U+0009-000D, U+001C-0020, U+0085, U+00A0 (lead byte C2), U+1680 (E1), U+2000-200A, U+2028,
+# U+2029, U+202F, U+205F (E2) and U+3000 (E3). Bytes never first in valid UTF-8 count as unsafe.
+_SAFE_FIRST = np.zeros(256, dtype=bool)
+_SAFE_FIRST[0x21:0x80] = True
+_SAFE_FIRST[0xC3:0xE1] = True
+_SAFE_FIRST[0xE4:0xF5] = True
+
+
+def _edges(arr: pa.Array) -> tuple[bool, bool]:
+    """For a string array: (no present string starts or ends with a character
+    ``utf8_trim_whitespace`` trims, some present string is empty), read from the offsets and the
+    first and last bytes of each string in numpy, which costs a fraction of trimming (that copies
+    every string). When the first is true, trimming gives the array back unchanged.
+
+    The last character of a string ending in a byte >= 0x80 is found from its lead byte (valid
+    UTF-8, as every Arrow string array here is: two bytes from a lead byte C0-DF, three from E0-EF,
+    else four): it is whitespace only with lead C2 (two bytes) or E1, E2, E3 (three bytes); a
+    character of four bytes never is. Any doubt counts as whitespace, and the trim is done."""
+    buffers = arr.buffers()
+    n = len(arr)
+    offsets = np.frombuffer(buffers[1], dtype=np.int32)[arr.offset : arr.offset + n + 1] if n else np.zeros(1, np.int32)
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None and buffers[2].size else np.zeros(0, np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    filled = ends > starts
+    if arr.null_count:
+        valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        blank = bool((~filled & valid).any())
+        filled &= valid
+    else:
+        blank = not filled.all()
+    starts, ends = starts[filled], ends[filled]
+    if not _SAFE_FIRST[data[starts]].all():
+        return False, blank
+    last = data[ends - 1]
+    if (last <= 0x20).any():
+        return False, blank
+    wide = last >= 0x80
+    if wide.any():
+        ends, starts = ends[wide], starts[wide]
+        if (last[wide] >= 0xC0).any() or ((ends - starts) < 2).any():
+            return False, blank
+        second = data[ends - 2]
+        two = second >= 0xC0  # lead of a two-byte character
+        if (two & ((second == 0xC2) | (second >= 0xE0))).any():
+            return False, blank
+        rest = ~two
+        if rest.any():
+            ends, starts = ends[rest], starts[rest]
+            if ((ends - starts) < 3).any():
+                return False, blank
+            third = data[ends - 3]
+            three = third >= 0xC0  # lead of a three-byte character
+            if (three & ((third < 0xE0) | (third >= 0xF0) | (third == 0xE1) | (third == 0xE2) | (third == 0xE3))).any():
+                return False, blank
+            if (second[rest] < 0x80).any() or ((~three) & (third < 0x80)).any():
+                return False, blank  # not the continuation bytes valid UTF-8 has there
+    return True, blank
 
 
 def _series(arr: pa.Array, dtype: Any = None) -> pd.Series:

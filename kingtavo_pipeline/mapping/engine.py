@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from kingtavo_pipeline.mapping.columns import (
     CONVERTERS,
+    ArrowColumn,
     OUTPUT_DTYPES,
     Problem,
     arrow_text,
@@ -272,7 +273,7 @@ class _Run:
         self.raw = raw.reset_index(drop=True)
         self.n = len(self.raw)
         merchant = self.raw["merchant_id"] if "merchant_id" in self.raw else pd.Series("", index=self.raw.index)
-        self.merchant = merchant.astype(object).where(merchant.notna(), "").astype(str).to_numpy(dtype=object)
+        self.merchant = _merchants(merchant)
         self.issues: list[tuple[np.ndarray, int, np.ndarray]] = []  # (records, rank, messages)
         self._cache: dict[tuple, Any] = {}
         self._converted: dict[tuple, Any] = {}  # conversions shared by fields (see evaluate)
@@ -461,6 +462,19 @@ class _Run:
         return frame if keep.all() else frame[keep].reset_index(drop=True)
 
 
+# _merchants takes a column of text as it is
+_TEXT_AS_IS = True
+
+
+def _merchants(merchant: pd.Series) -> np.ndarray:
+    """Each row's merchant as text ("" when missing). A column holding only ``str`` values is that
+    text already (nothing is missing, ``str`` of each is itself): it is taken as it is, without a
+    ``str`` call per row."""
+    if _TEXT_AS_IS and merchant.dtype == object and set(map(type, merchant.to_numpy(dtype=object))) == {str}:
+        return merchant.to_numpy(dtype=object)
+    return merchant.astype(object).where(merchant.notna(), "").astype(str).to_numpy(dtype=object)
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Extraction builds millions of tuples that all stay alive until converted; the cyclic collector
@@ -474,7 +488,9 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _take(values: Any, rows: np.ndarray) -> np.ndarray:
+def _take(values: Any, rows: np.ndarray) -> Any:
+    if values.__class__ is ArrowColumn:
+        return values.take(rows)
     if not isinstance(values, np.ndarray):
         values = np.fromiter(values, dtype=object, count=len(values))
     return values[rows]

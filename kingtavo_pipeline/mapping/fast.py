@@ -26,6 +26,7 @@ from typing import Annotated, Any, Union
 import msgspec
 import numpy as np
 
+from kingtavo_pipeline.mapping.columns import ArrowChunks, Column
 from kingtavo_pipeline.mapping.extract import (
     BatchExtractor,
     Expand,
@@ -55,6 +56,8 @@ def _value_type(depth: int) -> Any:
 
 
 _VALUE = _value_type(DEPTH)
+# the extractor converts its columns to Arrow every CHUNK records (a power of two; see ArrowChunks)
+CHUNK = 256
 
 
 def _numeric(segment: str) -> bool:
@@ -232,13 +235,19 @@ class FastExtractor:
         gen = _Source(names, "r")
         statements, exprs = gen.leaves("d", root, self.leaves)
         # one list per value read, appended to in the pass: no tuple per row, no transposition after
-        lines = ["def extract(payloads):", *_column_lists("rc", len(exprs)), "    fast = []", "    slow = []"]
+        lines = ["def extract(payloads, chunks=None):", *_column_lists("rc", len(exprs)), "    fast = []", "    slow = []"]
         for j, spec in enumerate(self.expands):
             width = sum(leaf.width for leaf in spec.leaves) + sum(leaf.width for leaf in spec.parent_leaves)
             # per record its number of rows (row numbers and positions follow from the counts)
             lines += [*_column_lists(f"x{j}_", width), f"    present{j} = []", f"    counts{j} = []"]
+        every = ", ".join(["*rc", *(f"*x{j}_" for j in range(len(self.expands)))])
         lines += [
+            "    chunks = chunks or NO_CHUNKS",
+            f"    chunks.start([{every}])",  # Arrow arrays of the columns, built as they grow
+            "    flush = chunks.flush",
             "    for r, p in enumerate(payloads):",
+            f"        if not r & {CHUNK - 1}:",
+            "            flush()",
             "        try:",
             "            d = decode(p)",
             "        except Exception:",  # not JSON text, not an object, or a value the Structs refuse
@@ -287,8 +296,16 @@ class FastExtractor:
         lines += ["        else:", f"            present{j}.append(False)", f"        counts{j}.append(k)"]
         return lines
 
+    # columns' Arrow arrays built chunk by chunk during the pass (columns.ArrowChunks); False: none
+    arrow_chunks = True
+
     def __call__(self, payloads: Sequence[Any]) -> Extracted:
-        root_columns, fast, slow, outs = self._fn(payloads)
+        chunks = ArrowChunks() if self.arrow_chunks else NO_CHUNKS
+        root_columns, fast, slow, outs = self._fn(payloads, chunks)
+        final = chunks.results()
+        if final:  # the columns' stand-ins (see ArrowChunks)
+            root_columns = [final[id(c)] for c in root_columns]
+            outs = [([final[id(c)] for c in columns], present, counts) for columns, present, counts in outs]
         root = _name_columns(self.leaves, root_columns, len(fast)) if self.leaves else {}
         records = np.asarray(fast, dtype=np.int64)
         expanded = []
@@ -314,14 +331,30 @@ class FastExtractor:
 
 def _column_lists(tag: str, width: int) -> list[str]:
     """Source creating ``width`` lists, held in the list ``tag``, with their appends as ``tag0``..."""
-    lines = [f"    {tag} = [[] for _ in range({width})]"]
+    lines = [f"    {tag} = [Column() for _ in range({width})]"]
     lines += [f"    {tag}{i} = {tag}[{i}].append" for i in range(width)]
     return lines
 
 
+class _NoChunks:
+    """Stands for :class:`ArrowChunks` when its arrays are not wanted."""
+
+    def start(self, columns: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def results(self) -> dict:
+        return {}
+
+
+NO_CHUNKS = _NoChunks()
+
+
 def _compile_with(source: str, namespace: dict[str, Any]) -> Any:
     fn = _compile(source, "extract")
-    fn.__globals__.update(namespace)
+    fn.__globals__.update(namespace, Column=Column, NO_CHUNKS=NO_CHUNKS)
     return fn
 
 

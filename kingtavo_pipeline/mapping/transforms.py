@@ -247,8 +247,22 @@ def sum_(inputs: list[pd.Series], key: str = "") -> pd.Series:
         return str(items) if value.is_nan() else str(value)  # the decimal conversion then rejects it
 
     values = inputs[0].to_numpy(dtype=object, na_value=None) if isinstance(inputs[0], pd.Series) else inputs[0]
-    if not isinstance(values, (pa.Array, pa.ChunkedArray)) and set(map(type, values)) <= {list, type(None)} \
-            and not any(filter(None, values)):
-        # the common case: every array empty (or absent) sums to 0 (or stays missing), no Decimal per row
-        return pd.Series(["0" if v.__class__ is list else None for v in values], dtype=object)
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        types = set(map(type, values))
+        if types <= {list, type(None)} and not any(filter(None, values)):
+            # the common case: every array empty (or absent) sums to 0 (or stays missing), no Decimal per row
+            return _sum_of_empty(values, types)
     return pd.Series([total(v) for v in values], dtype=object)
+
+
+# sum_ answers a column of only empty arrays (or only absent ones) without looking at each row
+_EMPTY_AT_ONCE = True
+
+
+def _sum_of_empty(values: Any, types: set) -> pd.Series:
+    """Sums of arrays that are all empty or absent: "0" for an array, None for an absent one. When
+    the column holds one of the two only (``types``, the classes of its values), every row gets the
+    same answer, so the list is built at once; the rows are looked at one by one otherwise."""
+    if _EMPTY_AT_ONCE and len(types) == 1:
+        return pd.Series(["0" if list in types else None] * len(values), dtype=object)
+    return pd.Series(["0" if v.__class__ is list else None for v in values], dtype=object)

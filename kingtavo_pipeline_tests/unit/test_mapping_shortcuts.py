@@ -1,7 +1,8 @@
 """The column work's shortcuts against the general route they skip: numbers -> decimal(18,4) in
 numpy, text of few distinct values converted once per value, times parsed by Arrow before any
-regex, conversions shared by fields reading the same column, and transforms that stop at a
-complete first input. Each must give exactly what
+regex, conversions shared by fields reading the same column, transforms that stop at a complete
+first input, text not trimmed when no string has whitespace at its ends, sums of only empty
+arrays and merchant text taken at once. Each must give exactly what
 the general route gives (values, dtypes, problems and their messages)."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from kingtavo_pipeline.mapping import columns, engine, shipped_mapping
+from kingtavo_pipeline.mapping import columns, engine, shipped_mapping, transforms
 from kingtavo_pipeline.mapping.columns import arrow_text, convert_decimal, to_arrow
 from kingtavo_pipeline.mapping.transforms import REGISTRY
 
@@ -31,6 +32,9 @@ def _general(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(columns, "_decimal_from_numbers", lambda arr: None)
     monkeypatch.setattr(columns, "_via_unique", lambda text, convert: None)
     monkeypatch.setattr(columns, "_NAIVE_FIRST", False)
+    monkeypatch.setattr(columns, "_EDGES_FIRST", False)
+    monkeypatch.setattr(transforms, "_EMPTY_AT_ONCE", False)
+    monkeypatch.setattr(engine, "_TEXT_AS_IS", False)
     evaluate = engine.evaluate
     monkeypatch.setattr(engine, "evaluate", lambda *args, memo=None, **kwargs: evaluate(*args, **kwargs))
 
@@ -166,3 +170,75 @@ def test_times_arrow_parses_without_offset_never_carry_one(monkeypatch):
         with monkeypatch.context() as m:
             m.setattr(columns, "_NAIVE_FIRST", False)
             _same(fast, columns.convert_timestamp(values, zones=zones, timezone="Asia/Riyadh"))
+
+
+def test_text_without_edge_whitespace_is_not_trimmed(monkeypatch):
+    """arrow_text skips the trim (and the blank -> null pass) when the first and last bytes show
+    nothing to do: the same arrays as trimming always."""
+    spaces = [chr(c) for c in (0x9, 0xA, 0xB, 0xC, 0xD, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680, 0x2000,
+                                0x2005, 0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000)]
+    others = ["a", "Z", "7", "-", "\x7f", "\x00", "\x08", "é", "ß", "\u0100", "ع", "\u0800", "\u1000", "\u167f", "\u1681",
+              "\u200b", "\u2030", "\u2fff", "\u3001", "\ue000", "\U0001f600", "\U0010ffff", "\u00c2", "\u00a1"]
+    rng = random.Random(16)
+
+    def word() -> str:
+        roll = rng.random()
+        if roll < 0.05:
+            return ""
+        body = "".join(rng.choice(others) for _ in range(rng.randint(1, 4)))
+        if roll < 0.15:
+            return rng.choice(spaces) + body
+        if roll < 0.25:
+            return body + rng.choice(spaces)
+        if roll < 0.3:
+            return "".join(rng.choice(spaces) for _ in range(rng.randint(1, 3)))
+        return body
+
+    cases = []
+    for _ in range(400):
+        values = [word() if rng.random() < 0.9 else None for _ in range(rng.choice([1, 3, 50]))]
+        if rng.random() < 0.5:  # most columns: no edge whitespace at all
+            values = [v.strip("".join(spaces)) or "x" if v else v for v in values]
+        arr = pa.array(values, pa.string())
+        if rng.random() < 0.2 and len(arr) > 2:
+            arr = arr.slice(1, len(arr) - 2)
+        cases.append(arr)
+    cases += [pa.array([], pa.string()), pa.array([None, None], pa.string()), pa.array(["", None]), pa.array(["a"] * 10)]
+    for space in spaces:  # each whitespace character at either end (or inside) of each other one
+        for other in others:
+            cases += [pa.array([text, "a"]) for text in (space + other, other + space, other + space + other, space)]
+    fast = [arrow_text(a) for a in cases]
+    assert sum(columns._edges(a)[0] for a in cases) > 50  # the shortcut was taken often
+    monkeypatch.setattr(columns, "_EDGES_FIRST", False)
+    for arr, result in zip(cases, fast):
+        slow = arrow_text(arr)
+        assert result.equals(slow) and result.type == slow.type, arr.to_pylist()
+
+
+def test_sums_of_only_empty_or_only_absent_arrays_at_once(monkeypatch):
+    rng = random.Random(14)
+    pool = [[], None, [], [{"discount": {"amount": 1}}], "x", 0]
+    cases = [[], [[]], [None], [[]] * 3000, [None] * 3000]
+    for _ in range(300):
+        chosen = rng.sample(pool, rng.randint(1, 3))
+        cases.append([rng.choice(chosen) for _ in range(rng.choice([1, 5, 200]))])
+    fast = [REGISTRY["sum"].fn([c], key="discount") for c in cases]
+    monkeypatch.setattr(transforms, "_EMPTY_AT_ONCE", False)
+    for case, result in zip(cases, fast):
+        pd.testing.assert_series_equal(result, REGISTRY["sum"].fn([case], key="discount"), check_exact=True)
+
+
+def test_merchant_text_taken_as_it_is(monkeypatch):
+    rng = random.Random(15)
+    pool = ["m1", "", " m2 ", None, float("nan"), 7, pd.NA, "1608226078"]
+    cases = [pd.Series([], dtype=object), pd.Series(["a"] * 5), pd.Series(["a", None], dtype="string"),
+             pd.Series([1, 2]), pd.Series(["m1", "m2"], dtype=object)]
+    for _ in range(300):
+        chosen = rng.sample(pool, rng.randint(1, 3))
+        cases.append(pd.Series([rng.choice(chosen) for _ in range(rng.randint(1, 30))], dtype=object))
+    fast = [engine._merchants(c) for c in cases]
+    monkeypatch.setattr(engine, "_TEXT_AS_IS", False)
+    for case, result in zip(cases, fast):
+        slow = engine._merchants(case)
+        assert result.dtype == slow.dtype and result.tolist() == slow.tolist()
+        assert [type(v) for v in result] == [type(v) for v in slow]
