@@ -178,3 +178,15 @@ def test_a_bulk_write_refreshes_the_planners_statistics(store):
     assert store.analyze_if_grown("raw_data", 12_000)
     assert known_rows() == 33_000
     assert not store.analyze_if_grown("no_such_table", 50_000)
+
+
+def test_the_statistics_refresh_does_not_wait_for_a_vacuum(store, monkeypatch):
+    """A VACUUM holding the table's SHARE UPDATE EXCLUSIVE lock (as an anti-wraparound one may for
+    long) makes the refresh give up after a short wait instead of stalling the step."""
+    import kingtavo_pipeline.storage.postgres as postgres_storage
+
+    monkeypatch.setattr(postgres_storage, "ANALYZE_LOCK_TIMEOUT", "200ms")
+    with store.transaction() as holder:
+        holder.execute("LOCK TABLE raw_data IN SHARE UPDATE EXCLUSIVE MODE")
+        assert not store.analyze_if_grown("raw_data", 50_000)
+    assert store.analyze_if_grown("raw_data", 50_000)  # the lock gone, it runs

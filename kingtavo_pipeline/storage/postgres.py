@@ -140,12 +140,18 @@ class PostgresStore:
         """
         if written < ANALYZE_MIN_ROWS:
             return False
-        with self.transaction() as conn:
-            known = conn.execute("SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(%s)",
-                                 (table,)).fetchone()
-            if known is None or written < ANALYZE_GROWTH * known[0]:
-                return False
-            conn.execute(sql.SQL("ANALYZE {}").format(qualified(table)))
+        try:
+            with self.transaction() as conn:
+                known = conn.execute("SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(%s)",
+                                     (table,)).fetchone()
+                if known is None or written < ANALYZE_GROWTH * known[0]:
+                    return False
+                # a VACUUM of the table (an anti-wraparound one is not cancelled for us) holds the lock
+                # ANALYZE needs: the statistics are a help, not worth waiting for
+                conn.execute(f"SET LOCAL lock_timeout = '{ANALYZE_LOCK_TIMEOUT}'")
+                conn.execute(sql.SQL("ANALYZE {}").format(qualified(table)))
+        except psycopg.errors.LockNotAvailable:
+            return False
         return True
 
     def dispose(self) -> None:
@@ -156,6 +162,7 @@ class PostgresStore:
 # its statistics (autovacuum's default share is the same tenth)
 ANALYZE_GROWTH = 0.1
 ANALYZE_MIN_ROWS = 10_000
+ANALYZE_LOCK_TIMEOUT = "5s"
 
 
 def get_store(settings: Settings | None = None, *, migrate: bool = True) -> PostgresStore:
