@@ -85,6 +85,11 @@ def sqlalchemy_url(url: str) -> str:
     raise StoreUnavailableError(f"not a PostgreSQL URL: {redact_url(url)}")
 
 
+# every session: UTC, and no JIT (it compiles for a quarter second whenever a bulk statement's estimated
+# cost is high; our statements are short batch writes and lookups that never earn that back)
+SESSION_OPTIONS = "-c TimeZone=UTC -c jit=off"
+
+
 class PostgresStore:
     """Connections to one PostgreSQL database; every session runs in UTC."""
 
@@ -95,9 +100,7 @@ class PostgresStore:
             pool_pre_ping=True,
             pool_size=2,
             max_overflow=4,
-            # JIT compiles for a quarter second whenever a bulk statement's estimated cost is high; our
-            # statements are short batch writes and lookups that never earn that back
-            connect_args={"options": "-c TimeZone=UTC -c jit=off", "connect_timeout": 10},
+            connect_args={"options": SESSION_OPTIONS, "connect_timeout": 10},
         )
 
     def __repr__(self) -> str:

@@ -21,6 +21,17 @@ from kingtavo_pipeline.storage.postgres import copy_arrow, qualified, to_arrow
 
 
 @dataclass(frozen=True)
+class Staged:
+    """Rows already COPYed into a table of their own (see :mod:`kingtavo_pipeline.storage.staging`),
+    given to :func:`upsert` in place of a frame; the upsert drops the table in its transaction."""
+
+    table: sql.Composable
+    columns: tuple[str, ...]
+    rows: int
+    duplicate_keys: bool
+
+
+@dataclass(frozen=True)
 class UpsertResult:
     staged: int
     inserted: int
@@ -66,7 +77,7 @@ def newer_sql(versions: Sequence[str], new: str = "EXCLUDED", old: str = "t") ->
 def upsert(
     conn: psycopg.Connection,
     table: str,
-    frame: pd.DataFrame | pa.Table,
+    frame: pd.DataFrame | pa.Table | Staged,
     key_columns: Sequence[str],
     *,
     version_column: str | Sequence[str] | None = "updated_at",
@@ -87,29 +98,36 @@ def upsert(
     if on_conflict not in ("update", "ignore"):
         raise ValueError(f"on_conflict must be 'update' or 'ignore', not {on_conflict!r}")
     versions = _versions(version_column)
-    arrow = to_arrow(frame)
-    columns = arrow.column_names
+    arrow = None if isinstance(frame, Staged) else to_arrow(frame)
+    columns = list(frame.columns) if isinstance(frame, Staged) else arrow.column_names
     missing = [c for c in key_columns if c not in columns]
     if missing:
         raise ValueError(f"upsert into {table}: key columns {missing} are not in the frame")
     missing = [c for c in versions if c not in columns]
     if missing:
         raise ValueError(f"upsert into {table}: version column(s) {missing} are not in the frame")
-    if arrow.num_rows == 0:
+    staged_rows = frame.rows if isinstance(frame, Staged) else arrow.num_rows
+    if staged_rows == 0:
+        if isinstance(frame, Staged):
+            conn.execute(sql.SQL("DROP TABLE {}").format(frame.table))
         return UpsertResult(0, 0, 0)
 
     target = qualified(table)
-    stage = sql.Identifier(f"_stage_{uuid.uuid4().hex[:12]}")
     ident = {c: sql.Identifier(c) for c in columns}
     col_list = sql.SQL(", ").join(ident[c] for c in columns)
     keys = sql.SQL(", ").join(ident[c] for c in key_columns)
 
-    conn.execute(
-        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(stage, col_list, target)
-    )
-    copy_arrow(conn, stage, arrow, columns)
+    if isinstance(frame, Staged):
+        stage, duplicates = frame.table, frame.duplicate_keys
+    else:
+        stage = sql.Identifier(f"_stage_{uuid.uuid4().hex[:12]}")
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(stage, col_list, target)
+        )
+        copy_arrow(conn, stage, arrow, columns)
+        duplicates = _has_duplicate_keys(arrow, key_columns)
 
-    if _has_duplicate_keys(arrow, key_columns):
+    if duplicates:
         order = keys
         if versions:
             order = sql.SQL(", ").join(
@@ -161,4 +179,4 @@ def upsert(
     ).format(target=target, cols=col_list, select=select, keys=keys, conflict=conflict)
     inserted, updated = conn.execute(statement).fetchone()
     conn.execute(sql.SQL("DROP TABLE {}").format(stage))
-    return UpsertResult(staged=arrow.num_rows, inserted=inserted, updated=updated)
+    return UpsertResult(staged=staged_rows, inserted=inserted, updated=updated)

@@ -35,7 +35,8 @@ from kingtavo_pipeline.storage.bookkeeping import (
 )
 from kingtavo_pipeline.storage.postgres import copy_out_batches
 from kingtavo_pipeline.storage.prefetch import prefetch
-from kingtavo_pipeline.storage.upsert import upsert
+from kingtavo_pipeline.storage.staging import Stager
+from kingtavo_pipeline.storage.upsert import Staged, upsert
 from kingtavo_pipeline.transform.unified import (
     KEY_PREFIX,
     MAPPING_VERSION,
@@ -115,12 +116,14 @@ class CoreConfig(dg.Config):
     """Map every record of the window again, not only the observations no core run has taken."""
 
 
-def _mapped(frames: Iterator[pd.DataFrame], source) -> Iterator[tuple[pd.DataFrame, MappingResult]]:
+def _mapped(frames: Iterator[pd.DataFrame], source, stager: Stager) -> Iterator[tuple[pd.DataFrame, MappingResult, Staged]]:
+    """Each chunk read, mapped and its valid rows staged (all in the read-ahead thread)."""
     fields = source.field_map
     for chunk in frames:
         raw = rename_extracted(chunk, fields)
-        yield raw, map_to_unified(raw, fields, dayfirst=getattr(source, "dayfirst", False),
-                                  date_format=getattr(source, "date_format", None))
+        result = map_to_unified(raw, fields, dayfirst=getattr(source, "dayfirst", False),
+                                date_format=getattr(source, "date_format", None))
+        yield raw, result, stager.stage(result.valid)
 
 
 def mapping_fingerprint(source) -> str:
@@ -162,7 +165,8 @@ def core_unified_items(context: dg.AssetExecutionContext, config: CoreConfig, po
     run_id = context.run.run_id
     inserted = updated = resolved = 0
     requeued: dict[str, int] = {}
-    with etl_run(store, run_id=run_id, asset_key="core/unified_items", partition_key=partition_label(context)) as counts:
+    with etl_run(store, run_id=run_id, asset_key="core/unified_items", partition_key=partition_label(context)) as counts, \
+            Stager(store, "unified_items", UNIFIED_KEY) as stager:  # closed after the transaction below
         with store.transaction() as conn:
             for source in SOURCES.all():
                 source_type, source_name = source.source_type, source.name
@@ -189,14 +193,14 @@ def core_unified_items(context: dg.AssetExecutionContext, config: CoreConfig, po
                     **{k: sql.Literal(params[k]) for k in ("days", "taken", "landed", "source_type", "source_name")})
                 schema = pa.schema([*RAW_WINDOW_COLUMNS, (PAYLOAD_ERROR_COLUMN, pa.string()), (METADATA_COLUMN, pa.string()),
                                     *((f"{KEY_PREFIX}{i}", pa.string()) for i in range(len(dict.fromkeys(fields.values()))))])
-                # read and mapped a chunk ahead, while this transaction upserts the previous one
-                mapped = prefetch(_mapped(raw_window_frames(store, query, schema, READ_CHUNK_ROWS), source),
+                # read, mapped and staged a chunk ahead, while this transaction upserts the previous one
+                mapped = prefetch(_mapped(raw_window_frames(store, query, schema, READ_CHUNK_ROWS), source, stager),
                                   name="core-read")
                 with closing(mapped):
-                    for raw, result in mapped:
+                    for raw, result, staged in mapped:
                         counts.extracted += len(raw)
                         with_payloads(conn, result.rejects)
-                        written = upsert(conn, "unified_items", result.valid, UNIFIED_KEY,
+                        written = upsert(conn, "unified_items", staged, UNIFIED_KEY,
                                          version_column=VERSION_COLUMNS, set_expressions=ROW_VERSION)
                         entity = str(raw["entity"].iloc[0])
                         counts.failed += record_dead_letters(
