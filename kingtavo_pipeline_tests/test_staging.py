@@ -95,3 +95,23 @@ def test_staged_tables_of_a_killed_run_are_dropped_by_the_next_stager(store):
         mine = stager.stage(_items(["a"], ["A"], ["2024-11-01"]))
         assert _staged_tables(store) == [mine.table.as_string(None).split(".")[1].strip('"')]
     assert _staged_tables(store) == []
+
+
+def test_raw_records_staged_apart_land_as_they_do_in_line(store):
+    from kingtavo_pipeline.storage.bookkeeping import RAW_STAGE_COLUMNS, land_raw, stage_raw
+
+    batch = pd.DataFrame({"source_id": ["1", "2", "1"], "partition_date": [dt.date(2024, 11, 1)] * 3,
+                          "payload": ['{"v": 1}', '{"v": 2}', '{"v": 3}']})  # record 1 twice: the last wins
+    landed = {}
+    for how in ("staged", "in line"):
+        with store.transaction() as conn:
+            conn.execute("TRUNCATE raw_data, raw_partitions")
+        with Stager(store, None, ["source_id"], definition=RAW_STAGE_COLUMNS) as stager:
+            with store.transaction() as conn:
+                raw = stage_raw(stager, batch) if how == "staged" else batch
+                result = land_raw(conn, raw, source_type="csv", source_name="shop", entity="orders", run_id="r")
+        landed[how] = (result.staged, result.inserted, store.fetch_all(
+            "SELECT source_id, payload::text, partition_date FROM raw_data ORDER BY observed_seq"))
+    assert landed["staged"] == landed["in line"] == (3, 2, [("2", '{"v": 2}', dt.date(2024, 11, 1)),
+                                                             ("1", '{"v": 3}', dt.date(2024, 11, 1))])
+    assert _staged_tables(store) == []

@@ -142,6 +142,23 @@ def test_etl_run_records_success_and_failure(store):
     assert rows[1][:2] == ("r2", "failed") and "bad input" in rows[1][5]
 
 
+def test_etl_run_names_an_interrupt_that_a_clean_up_error_hid(store):
+    """A step interrupted inside a query may fail with the clean-up's error, raised while handling
+    the interrupt: the run is still recorded as interrupted, not as that error alone."""
+    with pytest.raises(RuntimeError):
+        with etl_run(store, run_id="r3", asset_key="warehouse/x", partition_key=None):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("can't change 'autocommit' now") from None
+    with pytest.raises(RuntimeError):
+        with etl_run(store, run_id="r4", asset_key="warehouse/x", partition_key=None):
+            raise RuntimeError("a plain failure")
+    messages = dict(store.fetch_all("SELECT run_id, error_message FROM etl_runs"))
+    assert "autocommit" in messages["r3"] and "(interrupted:" in messages["r3"]
+    assert "(interrupted:" not in messages["r4"]
+
+
 def test_checkpoint_moves_only_with_its_transaction(store):
     with pytest.raises(RuntimeError):
         with store.transaction() as conn:

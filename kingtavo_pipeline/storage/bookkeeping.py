@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from kingtavo_pipeline.storage.postgres import PostgresStore, copy_arrow
-from kingtavo_pipeline.storage.upsert import upsert
+from kingtavo_pipeline.storage.upsert import Staged, _has_duplicate_keys, upsert
 
 DEAD_LETTER_KEY = ("stage", "source_type", "source_name", "entity", "source_id", "payload_hash")
 RAW_KEY = ("source_type", "source_name", "entity", "source_id", "payload_hash")
@@ -37,6 +37,18 @@ class RunCounts:
     loaded: int = 0
     failed: int = 0
     extra: dict = field(default_factory=dict)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is an interrupt, or was raised while handling one (a query cut short by the
+    interrupt fails its clean-up: "can't change 'autocommit' now", a closed cursor...)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "DagsterExecutionInterruptedError":
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @contextmanager
@@ -72,7 +84,7 @@ def etl_run(store: PostgresStore, *, run_id: str, asset_key: str, partition_key:
             from kingtavo_pipeline.run_health import received_signal
 
             signal_name = received_signal()
-            if signal_name or isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "DagsterExecutionInterruptedError":
+            if signal_name or _interrupted(exc):
                 # Dagster's interrupt carries no text of its own, and a step stopped inside a query
                 # may die of the broken query rather than of the interrupt
                 message += f" (interrupted: {signal_name or 'a termination signal or a cancel request'} stopped the run)"
@@ -232,9 +244,19 @@ def _raw_arrow(raw: pd.DataFrame) -> pa.Table:
     })
 
 
+# the columns raw records are staged in before land_raw's statement
+RAW_STAGE_COLUMNS = "source_id text, partition_date date, payload text, payload_hash text, ord bigint"
+
+
+def stage_raw(stager, raw: pd.DataFrame) -> Staged:
+    """``raw`` (as for :func:`land_raw`) COPYed by a :class:`~kingtavo_pipeline.storage.staging.Stager`
+    made with ``definition=RAW_STAGE_COLUMNS, key_columns=["source_id"]``; give the result to land_raw."""
+    return stager.stage(_raw_arrow(raw) if not raw.empty else pa.table({"source_id": pa.array([], pa.string())}))
+
+
 def land_raw(
     conn: psycopg.Connection,
-    raw: pd.DataFrame,
+    raw: pd.DataFrame | Staged,
     *,
     source_type: str,
     source_name: str,
@@ -253,20 +275,21 @@ def land_raw(
     cannot both decide they hold the newest observation. ``source_ids=True`` also returns the ids
     of the records newly observed (``LandResult.source_ids``; else it stays empty).
     """
-    if raw.empty:
-        return LandResult(0, 0, 0, {})
-    frame = _raw_arrow(raw)
+    if isinstance(raw, Staged):  # staged by a Stager with RAW_STAGE_COLUMNS (see stage_raw)
+        if raw.rows == 0:
+            conn.execute(sql.SQL("DROP TABLE {}").format(raw.table))
+            return LandResult(0, 0, 0, {})
+        stage, staged_rows, duplicates = raw.table, raw.rows, raw.duplicate_keys
+    else:
+        if raw.empty:
+            return LandResult(0, 0, 0, {})
+        frame = _raw_arrow(raw)
+        stage, staged_rows, duplicates = sql.Identifier(f"_land_{uuid.uuid4().hex[:12]}"), frame.num_rows, _has_duplicate_keys(frame, ["source_id"])
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(stage, sql.SQL(RAW_STAGE_COLUMNS)))
+        copy_arrow(conn, stage, frame)
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                  (f"kingtavo_raw:{source_type}:{source_name}:{entity}",))
-    stage = sql.Identifier(f"_land_{uuid.uuid4().hex[:12]}")
-    conn.execute(
-        sql.SQL(
-            "CREATE TEMP TABLE {} (source_id text, partition_date date, payload text, payload_hash text, ord bigint) "
-            "ON COMMIT DROP"
-        ).format(stage)
-    )
-    copy_arrow(conn, stage, frame)
-    if frame.num_rows > frame.select(["source_id"]).group_by("source_id").aggregate([]).num_rows:
+    if duplicates:
         # the last row of a record in the batch is what we observe now
         conn.execute(
             sql.SQL("DELETE FROM {s} a USING {s} b WHERE a.source_id = b.source_id AND a.ord < b.ord").format(s=stage)
@@ -279,7 +302,7 @@ def land_raw(
     conn.execute(sql.SQL("DROP TABLE {}").format(stage))
     inserted = sum(r[1] for r in rows)
     observed = sum(r[2] for r in rows)
-    return LandResult(len(raw), inserted, observed - inserted, {day: n for day, _, n, _ in rows},
+    return LandResult(staged_rows, inserted, observed - inserted, {day: n for day, _, n, _ in rows},
                       [i for r in rows for i in (r[3] or ())])
 
 

@@ -36,9 +36,15 @@ _NAME = re.compile(r"^s_(\d+)_\d+$")  # s_<backend pid>_<n>
 class Stager:
     """COPYs batches into staged tables shaped like ``target``'s columns (use as a context manager)."""
 
-    def __init__(self, store: PostgresStore, target: str, key_columns: Sequence[str]):
+    def __init__(self, store: PostgresStore, target: str | None, key_columns: Sequence[str],
+                 definition: str | None = None):
+        """Tables take ``target``'s column types, or the column ``definition`` given (trusted SQL,
+        e.g. ``"id text, n bigint"``); ``key_columns`` are what makes two staged rows the same record."""
+        if (target is None) == (definition is None):
+            raise ValueError("a Stager stages like a target table or to a column definition, one of the two")
         self.store = store
         self.target = target
+        self.definition = definition
         self.key_columns = list(key_columns)
         self._conn: psycopg.Connection | None = None
         self._made: list[sql.Composable] = []
@@ -67,8 +73,11 @@ class Stager:
         columns = list(arrow.column_names)
         table = sql.Identifier(STAGE_SCHEMA, f"s_{self._conn.info.backend_pid}_{next(self._numbers)}")
         with self._conn.transaction():
-            self._conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(
-                table, sql.SQL(", ").join(sql.Identifier(c) for c in columns), qualified(self.target)))
+            if self.definition is not None:
+                self._conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(table, sql.SQL(self.definition)))
+            else:
+                self._conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(
+                    table, sql.SQL(", ").join(sql.Identifier(c) for c in columns), qualified(self.target)))
             self._made.append(table)
             if arrow.num_rows:
                 copy_arrow(self._conn, table, arrow, columns)

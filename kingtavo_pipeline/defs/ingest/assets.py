@@ -6,6 +6,7 @@ partition, go to ``dead_letters``.
 """
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 
 import dagster as dg
 import pandas as pd
@@ -28,14 +29,17 @@ from kingtavo_pipeline.storage.bookkeeping import (
     etl_run,
     get_checkpoint,
     get_source_fingerprint,
+    RAW_STAGE_COLUMNS,
     land_raw,
     record_dead_letters,
     resolve_landed_dead_letters,
     set_checkpoint,
     set_source_fingerprint,
+    stage_raw,
 )
 from kingtavo_pipeline.storage.errors import redact_url
 from kingtavo_pipeline.storage.prefetch import prefetch
+from kingtavo_pipeline.storage.staging import Stager
 
 OWNER = "team:data-integrations"
 # A batch may carry an API's resume position in ``frame.attrs``: stored as the checkpoint of
@@ -61,6 +65,34 @@ def rejected(frame: pd.DataFrame, first_day: pd.Timestamp) -> tuple[pd.Series, p
     undated = frame["occurred_at"].isna() & ~malformed
     too_old = ~malformed & ~undated & (frame["occurred_at"] < first_day)
     return malformed, undated, too_old
+
+
+def _prepared(batches: Iterable[pd.DataFrame], source, first_day: pd.Timestamp, stager: Stager):
+    """Each batch split into what lands (staged) and what goes to dead_letters, with its keep mask."""
+    for frame in batches:
+        occurred = frame["occurred_at"]
+        malformed, undated, too_old = rejected(frame, first_day)
+        errors = frame["error"]
+        keep = ~malformed & ~undated & ~too_old
+        batch = frame.loc[keep, ["source_id", "payload", *(["content_hash"] if "content_hash" in frame else [])]]
+        batch = batch.assign(partition_date=occurred[keep])  # land_raw takes the UTC day
+        rejects = pd.concat(
+            [
+                frame.loc[malformed, ["source_id", "payload"]].assign(
+                    error_type="malformed_row", error_message=errors[malformed]
+                ),
+                frame.loc[undated, ["source_id", "payload"]].assign(
+                    error_type="missing_partition_date",
+                    error_message=f"{_date_label(source)} is missing or not a date, so the record belongs to no daily partition",
+                ),
+                frame.loc[too_old, ["source_id", "payload"]].assign(
+                    error_type="before_first_partition",
+                    error_message=f"{_date_label(source)} is before the first partition ({FIRST_DAY}); "
+                    "move the partitions' start date back to load it",
+                ),
+            ]
+        )
+        yield frame, keep, batch, rejects, stage_raw(stager, batch)
 
 
 def _date_label(source: CsvSource | RssSource) -> str:
@@ -103,61 +135,44 @@ def land_source(
     if now_as is not None and now_as == landed_as and not retrying:
         return unchanged_source(context, store, source_type, source, start, end)
     with etl_run(store, run_id=run_id, asset_key=asset_key,
-                 partition_key=partition_label(context) if partitioned else None) as counts:
-        for frame in batches:
-            counts.extracted += len(frame)
-            occurred = frame["occurred_at"]
-            malformed, undated, too_old = rejected(frame, first_day)
-            errors = frame["error"]
-            keep = ~malformed & ~undated & ~too_old
-            batch = frame.loc[keep, ["source_id", "payload", *(["content_hash"] if "content_hash" in frame else [])]]
-            batch = batch.assign(partition_date=occurred[keep])  # land_raw takes the UTC day
-            rejects = pd.concat(
-                [
-                    frame.loc[malformed, ["source_id", "payload"]].assign(
-                        error_type="malformed_row", error_message=errors[malformed]
-                    ),
-                    frame.loc[undated, ["source_id", "payload"]].assign(
-                        error_type="missing_partition_date",
-                        error_message=f"{_date_label(source)} is missing or not a date, so the record belongs to no daily partition",
-                    ),
-                    frame.loc[too_old, ["source_id", "payload"]].assign(
-                        error_type="before_first_partition",
-                        error_message=f"{_date_label(source)} is before the first partition ({FIRST_DAY}); "
-                        "move the partitions' start date back to load it",
-                    ),
-                ]
-            )
-            with store.transaction() as conn:
-                landed = land_raw(conn, batch, source_type=source_type, source_name=source.name,
-                                  entity=source.entity, run_id=run_id, source_ids=open_extract_letters)
-                dead += record_dead_letters(conn, rejects, stage="extract", source_type=source_type,
-                                            source_name=source.name, entity=source.entity, run_id=run_id)
-                open_extract_letters = open_extract_letters or dead > 0
-                if open_extract_letters:  # cheap to skip: most runs have none
-                    resolve_landed_dead_letters(conn, stage="extract", source_type=source_type,
-                                                source_name=source.name, entity=source.entity,
-                                                source_ids=landed.source_ids, run_id=run_id)
-                if len(batch):
-                    # the source's high-water mark moves with the rows it covers, in their transaction
-                    set_checkpoint(conn, source_type, source.name, source.entity,
-                                   occurred[keep].max().isoformat(), landed.observed, monotonic=True)
-                resume = frame.attrs.get(RESUME_CHECKPOINT)
-                if resume is not None:
-                    # an API's resume position (incremental pulls), committed with the page it follows
-                    set_checkpoint(conn, source_type, source.name, f"{source.entity}{CHANGES_SUFFIX}",
-                                   resume, landed.observed)
-            new_records += landed.observed
-            window = occurred[keep]
-            in_window += int(((window >= start) & (window < end)).sum())
-            outside += int(((window < start) | (window >= end)).sum())
-            for day, n in landed.partitions.items():
-                ts = pd.Timestamp(day, tz="UTC")
-                if not (start <= ts < end):
-                    other_days[day] = other_days.get(day, 0) + n
-                if high_water is not None and ts < high_water:
-                    late += n
-            counts.loaded += len(batch)
+                 partition_key=partition_label(context) if partitioned else None) as counts, \
+            Stager(store, None, ["source_id"], definition=RAW_STAGE_COLUMNS) as stager:
+        # split and staged a batch ahead (storage/staging.py), while this one lands
+        prepared = closing(prefetch(_prepared(batches, source, first_day, stager), name="raw-stage"))
+        with prepared as batches_ahead:  # on an error, the stager's thread stops before the stager closes
+            for frame, keep, batch, rejects, staged in batches_ahead:
+                counts.extracted += len(frame)
+                occurred = frame["occurred_at"]
+                with store.transaction() as conn:
+                    landed = land_raw(conn, staged, source_type=source_type, source_name=source.name,
+                                      entity=source.entity, run_id=run_id, source_ids=open_extract_letters)
+                    dead += record_dead_letters(conn, rejects, stage="extract", source_type=source_type,
+                                                source_name=source.name, entity=source.entity, run_id=run_id)
+                    open_extract_letters = open_extract_letters or dead > 0
+                    if open_extract_letters:  # cheap to skip: most runs have none
+                        resolve_landed_dead_letters(conn, stage="extract", source_type=source_type,
+                                                    source_name=source.name, entity=source.entity,
+                                                    source_ids=landed.source_ids, run_id=run_id)
+                    if len(batch):
+                        # the source's high-water mark moves with the rows it covers, in their transaction
+                        set_checkpoint(conn, source_type, source.name, source.entity,
+                                       occurred[keep].max().isoformat(), landed.observed, monotonic=True)
+                    resume = frame.attrs.get(RESUME_CHECKPOINT)
+                    if resume is not None:
+                        # an API's resume position (incremental pulls), committed with the page it follows
+                        set_checkpoint(conn, source_type, source.name, f"{source.entity}{CHANGES_SUFFIX}",
+                                       resume, landed.observed)
+                new_records += landed.observed
+                window = occurred[keep]
+                in_window += int(((window >= start) & (window < end)).sum())
+                outside += int(((window < start) | (window >= end)).sum())
+                for day, n in landed.partitions.items():
+                    ts = pd.Timestamp(day, tz="UTC")
+                    if not (start <= ts < end):
+                        other_days[day] = other_days.get(day, 0) + n
+                    if high_water is not None and ts < high_water:
+                        late += n
+                counts.loaded += len(batch)
         counts.failed = dead
         if now_as is not None:
             with store.transaction() as conn:  # every batch has committed: the source is landed whole
