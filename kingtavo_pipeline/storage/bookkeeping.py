@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from kingtavo_pipeline.storage.postgres import PostgresStore, copy_arrow
-from kingtavo_pipeline.storage.upsert import Staged, _has_duplicate_keys, upsert
+from kingtavo_pipeline.storage.upsert import Staged, has_duplicate_keys, upsert
 
 DEAD_LETTER_KEY = ("stage", "source_type", "source_name", "entity", "source_id", "payload_hash")
 RAW_KEY = ("source_type", "source_name", "entity", "source_id", "payload_hash")
@@ -284,7 +284,8 @@ def land_raw(
         if raw.empty:
             return LandResult(0, 0, 0, {})
         frame = _raw_arrow(raw)
-        stage, staged_rows, duplicates = sql.Identifier(f"_land_{uuid.uuid4().hex[:12]}"), frame.num_rows, _has_duplicate_keys(frame, ["source_id"])
+        stage = sql.Identifier(f"_land_{uuid.uuid4().hex[:12]}")
+        staged_rows, duplicates = frame.num_rows, has_duplicate_keys(frame, ["source_id"])
         conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(stage, sql.SQL(RAW_STAGE_COLUMNS)))
         copy_arrow(conn, stage, frame)
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",

@@ -27,7 +27,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from kingtavo_pipeline.storage.postgres import SESSION_OPTIONS, PostgresStore, copy_arrow, qualified, to_arrow
-from kingtavo_pipeline.storage.upsert import Staged, _has_duplicate_keys
+from kingtavo_pipeline.storage.upsert import Staged, has_duplicate_keys
 
 STAGE_SCHEMA = "kingtavo_stage"
 _NAME = re.compile(r"^s_(\d+)_\d+$")  # s_<backend pid>_<n>
@@ -81,7 +81,7 @@ class Stager:
             self._made.append(table)
             if arrow.num_rows:
                 copy_arrow(self._conn, table, arrow, columns)
-        duplicates = bool(arrow.num_rows) and _has_duplicate_keys(arrow, self.key_columns)
+        duplicates = bool(arrow.num_rows) and has_duplicate_keys(arrow, self.key_columns)
         return Staged(table, tuple(columns), arrow.num_rows, duplicates)
 
     def __exit__(self, *exc) -> None:

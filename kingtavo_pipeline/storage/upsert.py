@@ -43,7 +43,7 @@ class UpsertResult:
         return self.staged - self.inserted - self.updated
 
 
-def _has_duplicate_keys(arrow: pa.Table, key_columns: Sequence[str]) -> bool:
+def has_duplicate_keys(arrow: pa.Table, key_columns: Sequence[str]) -> bool:
     """Whether any key occurs twice in the batch (a vectorised group-by, ~0.1 s per million rows)."""
     return arrow.select(list(key_columns)).group_by(list(key_columns)).aggregate([]).num_rows < arrow.num_rows
 
@@ -125,7 +125,7 @@ def upsert(
             sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(stage, col_list, target)
         )
         copy_arrow(conn, stage, arrow, columns)
-        duplicates = _has_duplicate_keys(arrow, key_columns)
+        duplicates = has_duplicate_keys(arrow, key_columns)
 
     if duplicates:
         order = keys

@@ -26,10 +26,10 @@ from kingtavo_pipeline.sources.config import (
 from kingtavo_pipeline.sources.csv_source import iter_raw_batches, source_fingerprint
 from kingtavo_pipeline.sources.rss_source import read_feed
 from kingtavo_pipeline.storage.bookkeeping import (
+    RAW_STAGE_COLUMNS,
     etl_run,
     get_checkpoint,
     get_source_fingerprint,
-    RAW_STAGE_COLUMNS,
     land_raw,
     record_dead_letters,
     resolve_landed_dead_letters,
@@ -68,7 +68,8 @@ def rejected(frame: pd.DataFrame, first_day: pd.Timestamp) -> tuple[pd.Series, p
 
 
 def _prepared(batches: Iterable[pd.DataFrame], source, first_day: pd.Timestamp, stager: Stager):
-    """Each batch split into what lands (staged) and what goes to dead_letters, with its keep mask."""
+    """Each batch split into the rows that land (``partition_date`` set, and staged) and the rejects
+    that go to dead_letters."""
     for frame in batches:
         occurred = frame["occurred_at"]
         malformed, undated, too_old = rejected(frame, first_day)
@@ -92,7 +93,7 @@ def _prepared(batches: Iterable[pd.DataFrame], source, first_day: pd.Timestamp, 
                 ),
             ]
         )
-        yield frame, keep, batch, rejects, stage_raw(stager, batch)
+        yield frame, batch, rejects, stage_raw(stager, batch)
 
 
 def _date_label(source: CsvSource | RssSource) -> str:
@@ -140,9 +141,9 @@ def land_source(
         # split and staged a batch ahead (storage/staging.py), while this one lands
         prepared = closing(prefetch(_prepared(batches, source, first_day, stager), name="raw-stage"))
         with prepared as batches_ahead:  # on an error, the stager's thread stops before the stager closes
-            for frame, keep, batch, rejects, staged in batches_ahead:
+            for frame, batch, rejects, staged in batches_ahead:
                 counts.extracted += len(frame)
-                occurred = frame["occurred_at"]
+                window = batch["partition_date"]  # the landing rows' times
                 with store.transaction() as conn:
                     landed = land_raw(conn, staged, source_type=source_type, source_name=source.name,
                                       entity=source.entity, run_id=run_id, source_ids=open_extract_letters)
@@ -156,14 +157,13 @@ def land_source(
                     if len(batch):
                         # the source's high-water mark moves with the rows it covers, in their transaction
                         set_checkpoint(conn, source_type, source.name, source.entity,
-                                       occurred[keep].max().isoformat(), landed.observed, monotonic=True)
+                                       window.max().isoformat(), landed.observed, monotonic=True)
                     resume = frame.attrs.get(RESUME_CHECKPOINT)
                     if resume is not None:
                         # an API's resume position (incremental pulls), committed with the page it follows
                         set_checkpoint(conn, source_type, source.name, f"{source.entity}{CHANGES_SUFFIX}",
                                        resume, landed.observed)
                 new_records += landed.observed
-                window = occurred[keep]
                 in_window += int(((window >= start) & (window < end)).sum())
                 outside += int(((window < start) | (window >= end)).sum())
                 for day, n in landed.partitions.items():
