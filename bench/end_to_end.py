@@ -94,6 +94,21 @@ SOURCES_YAML = """csv:
 
 
 _PARALLEL_WORKER = re.compile(r"parallel worker for PID (\d+)")
+_CLIENT_PORT = re.compile(r" 127\.0\.0\.1\((\d+)\) ")
+
+
+def _socket_inodes_by_local_port() -> dict[int, str]:
+    """Local TCP port -> socket inode, for this machine's TCP sockets (both IPv4 and IPv6 tables)."""
+    out: dict[int, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            out.setdefault(int(fields[1].rpartition(":")[2], 16), fields[9])
+    return out
 
 
 class RssSampler:
@@ -109,6 +124,11 @@ class RssSampler:
         self.peaks: dict[int, tuple[str, int]] = {}
         self.cpu: dict[int, float] = {}  # seconds (user + system), newest reading per process
         self.backend_cpu: dict[int, float] = {}
+        # backend -> the process of ours it serves (matched by the client's TCP port; a parallel
+        # worker counts for its leader's client); backends over a Unix socket stay unattributed
+        self.backend_client: dict[int, int] = {}
+        self._backend_port: dict[int, int] = {}
+        self._worker_leader: dict[int, int] = {}
         self._baseline: dict[int, float] = {}  # backends alive before the run: only what they add counts
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -162,11 +182,44 @@ class RssSampler:
             worker = _PARALLEL_WORKER.search(title)
             ours = f" {self.database} " in title or (worker is not None and int(worker.group(1)) in self.backend_cpu)
             if title.startswith("postgres:") and ours:  # a backend of the run, or a parallel worker of one
-                cpu = self._cpu_of(int(entry.name))
+                pid = int(entry.name)
+                if worker is not None:
+                    self._worker_leader[pid] = int(worker.group(1))
+                elif pid not in self._backend_port and (port := _CLIENT_PORT.search(title)):
+                    self._backend_port[pid] = int(port.group(1))
+                cpu = self._cpu_of(pid)
                 if cpu is not None:
                     if first:
                         self._baseline[int(entry.name)] = cpu
                     self.backend_cpu[int(entry.name)] = cpu - self._baseline.get(int(entry.name), 0.0)
+
+    def _match_clients(self) -> None:
+        """Find the process of ours holding the client end of each new backend's connection."""
+        pending = {port: backend for backend, port in self._backend_port.items() if backend not in self.backend_client}
+        if not pending:
+            return
+        inodes = _socket_inodes_by_local_port()
+        wanted = {f"socket:[{inodes[port]}]": backend for port, backend in pending.items() if port in inodes}
+        for pid in list(self.peaks):
+            try:
+                fds = list(Path(f"/proc/{pid}/fd").iterdir())
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    backend = wanted.get(os.readlink(fd))
+                except OSError:
+                    continue
+                if backend is not None:
+                    self.backend_client[backend] = pid
+
+    def backend_cpu_by_client(self) -> dict[int | None, float]:
+        """PostgreSQL backend CPU seconds per process of ours (None: not matched to one)."""
+        out: dict[int | None, float] = {}
+        for backend, cpu in self.backend_cpu.items():
+            client = self.backend_client.get(self._worker_leader.get(backend, backend))
+            out[client] = out.get(client, 0.0) + cpu
+        return out
 
     def cpu_used(self, pid: int) -> float:
         """CPU seconds a process spent while sampled (a process older than the run: since the start)."""
@@ -177,6 +230,7 @@ class RssSampler:
             self._sample()
             if self._rounds % 2 == 0:  # a scan of every process (parallel workers live briefly): every 0.1 s
                 self._sample_backends()
+                self._match_clients()
             self._rounds += 1
             self._stop.wait(self.interval)
 
@@ -294,7 +348,11 @@ def run_job(instance, start: str, end: str, database: str | None = None):
     step_seconds = {k: max(v) - min(v) for k, v in steps.items() if len(v) == 2}
     peaks = {pid: (names.get(pid) or label(cmd), kib, sampler.cpu_used(pid))
              for pid, (cmd, kib) in sampler.peaks.items()}
-    return wall, step_seconds, peaks, sum(sampler.backend_cpu.values()) if database else None
+    by_client: dict[str, float] = {}
+    for pid, cpu in sampler.backend_cpu_by_client().items():
+        name = (names.get(pid) or label(sampler.peaks.get(pid, ("?", 0))[0])) if pid is not None else "not matched to a process"
+        by_client[name] = by_client.get(name, 0.0) + cpu
+    return wall, step_seconds, peaks, (sum(sampler.backend_cpu.values()), by_client) if database else None
 
 
 def _job():
@@ -307,7 +365,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=5)
-    parser.add_argument("--keep", help="work folder to keep (default: a temporary one, deleted)")
+    parser.add_argument("--keep", help="work folder to keep (default: a temporary one, deleted); on a server, "
+                                       "the bench's database is kept too, for a look at what the run wrote")
     args = parser.parse_args()
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="kingtavo-e2e-"))
@@ -357,6 +416,9 @@ def main() -> None:
                 print(f"  {cmd + f' ({pid})':<48} {kib / 1024:>12.0f} {cpu:>8.1f}")
         ours = sum(cpu for _, _, cpu in peaks.values())
         if backend_cpu:
+            backend_cpu, by_client = backend_cpu
+            print("  PostgreSQL backend CPU s, by the process they served: " + ", ".join(
+                f"{name.removeprefix('step ')} {cpu:.1f}" for name, cpu in sorted(by_client.items(), key=lambda kv: -kv[1]) if cpu >= 0.05))
             # what the run cost in CPU, wherever it ran: the wall time cannot drop below total / cores
             total = ours + backend_cpu
             print(f"  CPU: our processes {ours:.1f} s, PostgreSQL backends {backend_cpu:.1f} s "
@@ -377,8 +439,10 @@ def main() -> None:
     assert core == warehouse == args.rows, "the stores disagree with the file"
     with open_clickhouse(settings, migrate=False) as client:
         client.command("DROP DATABASE IF EXISTS kingtavo_e2e_bench")
-    if bench_db:
+    if bench_db and not args.keep:
         drop_postgres_database(bench_db)
+    elif bench_db:
+        print(f"kept the PostgreSQL database {bench_db[1]} and the work folder {work}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

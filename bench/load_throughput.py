@@ -9,7 +9,9 @@ rows/s of:
 
 1. the PostgreSQL IO manager replacing a daily partition range that holds all rows
    (``handle_output`` of the real IO manager: DELETE of the slice + COPY, one transaction);
-2. a raw psycopg ``COPY ... FROM STDIN (FORMAT CSV)`` of pyarrow CSV into an identical empty table;
+2. a raw psycopg ``COPY ... FROM STDIN (FORMAT CSV)`` of pyarrow CSV into an identical empty table,
+   and a raw ``COPY ... (FORMAT BINARY)`` of the same rows encoded by pgpq straight from Arrow (the
+   IO manager and the upsert write binary when every column's type allows it);
 3. the core upsert (``storage.upsert.upsert``) into a ``unified_items``-shaped table: first load
    (all inserts), then the same rows with a newer ``updated_at`` (all updates); the same two
    passes again through the PostgreSQL IO manager's ``write_mode: "upsert"``;
@@ -201,6 +203,27 @@ def run(args: argparse.Namespace) -> None:
 
         return timed(load)
 
+    def pg_raw_binary_copy(target: str = "raw_copy") -> float:
+        from pgpq import ArrowToPostgresBinaryEncoder
+        from pgpq import encoders, schema
+
+        truncate(target)
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(SCHEMA, target), sql.SQL(", ").join(sql.Identifier(c) for c in table.column_names)
+        )
+        builders = {f.name: (encoders.StringEncoderBuilder.new_with_output(f, schema.Jsonb()) if f.name == "metadata"
+                             else ArrowToPostgresBinaryEncoder.infer_encoder(f)) for f in table.schema}
+
+        def load() -> None:
+            encoder = ArrowToPostgresBinaryEncoder.new_with_encoders(table.schema, builders)
+            with psycopg.connect(url) as conn, conn.cursor() as cur, cur.copy(statement) as copy:
+                copy.write(encoder.write_header())
+                for chunk in table.to_batches(max_chunksize=batch):
+                    copy.write(encoder.write_batch(chunk))
+                copy.write(encoder.finish())
+
+        return timed(load)
+
     def pg_upsert(rows: pa.Table, fresh: bool) -> float:
         if fresh:
             truncate("unified_items")
@@ -242,10 +265,11 @@ def run(args: argparse.Namespace) -> None:
         finally:
             client.close()
 
-    keys = ("pg_raw", "pg_raw_core", "pg_iom", "up_ins", "up_upd", "iom_up_ins", "iom_up_upd", "ch_raw", "ch_iom")
+    keys = ("pg_raw", "pg_raw_bin", "pg_raw_core", "pg_iom", "up_ins", "up_upd", "iom_up_ins", "iom_up_upd", "ch_raw", "ch_iom")
     results: dict[str, list[float]] = {k: [] for k in keys}
     for r in range(args.repeat):
         results["pg_raw"].append(pg_raw_copy())
+        results["pg_raw_bin"].append(pg_raw_binary_copy())
         results["pg_raw_core"].append(pg_raw_copy("unified_copy"))
         results["pg_iom"].append(pg_io_manager())
         results["up_ins"].append(pg_upsert(table, fresh=True))
@@ -269,6 +293,7 @@ def run(args: argparse.Namespace) -> None:
     rate = {k: args.rows / v for k, v in best.items()}
     lines = [
         ("PG raw COPY (psycopg, pyarrow CSV)", "pg_raw", None, None),
+        ("PG raw binary COPY (pgpq)", "pg_raw_bin", "pg_raw", None),
         ("PG raw COPY, unified_items twin", "pg_raw_core", None, None),
         ("PG IO manager partition replace", "pg_iom", "pg_raw", 0.8),
         ("PG upsert, first load (inserts)", "up_ins", "pg_raw_core", 0.5),
