@@ -22,6 +22,7 @@ import dagster as dg
 
 from kingtavo_pipeline.defs.ingest.assets import SOURCES
 from kingtavo_pipeline.defs.quality.checks import (
+    DISTINCT_RECORDS,
     QualityCheck,
     build_checks,
     completeness_check,
@@ -82,7 +83,7 @@ def raw_source_checks() -> list[QualityCheck]:
         where = f"source_type = {sql_literal(source.source_type)} AND source_name = {sql_literal(source.name)}"
         checks.append(schema_drift_check(key, source.source_type, source.name,
                                          {field: None for field in source.field_map.values()}))
-        checks.append(volume_check(key, "raw_data", where=where, count_expr="count(DISTINCT source_id)"))
+        checks.append(volume_check(key, "raw_data", where=where, count_expr=DISTINCT_RECORDS))
     return checks
 
 

@@ -23,6 +23,7 @@ import dagster as dg
 
 from kingtavo_pipeline.defs.partitions import daily_partitions
 from kingtavo_pipeline.defs.quality.checks import (
+    DISTINCT_RECORDS,
     QualityCheck,
     completeness_check,
     metric_reconciliation_check,
@@ -201,7 +202,7 @@ def raw_api_checks(sources: Sequence) -> tuple[list[QualityCheck], list[QualityC
             checks = [
                 schema_drift_check(key, source.source_type, source.name, expected, entity=entity,
                                    known_fields=sorted(known), per_merchant=multi),
-                volume_check(key, "raw_data", count_expr="count(DISTINCT source_id)",
+                volume_check(key, "raw_data", count_expr=DISTINCT_RECORDS,
                              where=base if multi else f"{base} AND source_name = {sql_literal(source.name)}",
                              merchant_filter=("source_name", f"{source.name}/") if multi else None),
             ]
