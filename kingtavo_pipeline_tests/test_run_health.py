@@ -274,15 +274,21 @@ def test_sigterm_while_waiting_for_a_slot_stops_promptly(store, postgres_url, tm
         assert store.fetch_value("SELECT count(*) FROM etl_runs WHERE status = 'running'") == 0
 
 
+# The main thread blocks SIGTERM, so the signal reaches the supervisor's thread and the main
+# thread's sleep is never interrupted: no Python code runs there that an exception raised from
+# another thread could ride on (without the mask, a main thread that is scheduled late runs the
+# signal handler after the supervisor has raised RunInterrupted in it, and unwinds after all).
 STUCK_SCRIPT = """
+import signal
 import time
 import dagster as dg
 from dagster._utils.interrupts import capture_interrupts
 from kingtavo_pipeline.run_health import RunSupervisor
 
 with dg.DagsterInstance.ephemeral() as instance, RunSupervisor(instance, None, by="stuck", force_after=2):
-    print("ready", flush=True)
     with capture_interrupts():  # Dagster's handler: SIGTERM only sets a flag
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        print("ready", flush=True)
         time.sleep(120)  # a blocking call an exception raised from another thread cannot break
 print("unwound")
 """
