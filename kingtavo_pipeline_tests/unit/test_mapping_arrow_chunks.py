@@ -9,6 +9,7 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -49,7 +50,7 @@ def _same_values(got: list, want: list) -> None:
 
 def test_chunked_columns_are_the_whole_columns():
     rng = random.Random(21)
-    arrays = dropped = kept = 0
+    arrays = dropped = floats = 0
     for _ in range(1500):
         want = [_column(rng) for _ in range(3)]
         columns = [Column() for _ in want]
@@ -74,10 +75,24 @@ def test_chunked_columns_are_the_whole_columns():
             assert (got_nested is None) == (nested is None)
             if isinstance(out, ArrowColumn):
                 dropped += 1
-            elif out.arrow is not None:
-                kept += 1
-            arrays += out.__class__ is ArrowColumn or out.arrow is not None
-    assert dropped > 300 and kept > 100 and arrays < 4500  # every outcome was met
+                floats += out.types is not None
+                rows = np.array(sorted(rng.sample(range(len(values)), min(5, len(values)))), dtype=np.int64)
+                _same_values(list(out.take(rows)), [values[i] for i in rows])
+            arrays += out.__class__ is ArrowColumn
+    assert dropped > 300 and floats > 100 and arrays < 4500  # every outcome was met
+
+
+def test_a_chunk_holding_nan_leaves_the_column_a_list():
+    """``pa.array(..., from_pandas=True)`` reads NaN as missing: such a float column keeps its values."""
+    column = Column()
+    chunks = ArrowChunks()
+    chunks.start([column])
+    column.extend([1, 2.5, None])
+    chunks.flush()
+    column.extend([float("nan"), 3.5, 4])
+    out = chunks.results()[id(column)]
+    assert out.__class__ is Column and out[:3] == [1, 2.5, None] and out[3] != out[3] and out[4:] == [3.5, 4]
+    assert [type(v) for v in out] == [int, float, type(None), float, float, int]
 
 
 def _frame(payloads: list) -> pd.DataFrame:
