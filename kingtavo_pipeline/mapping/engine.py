@@ -274,6 +274,7 @@ class _Run:
         self.n = len(self.raw)
         merchant = self.raw["merchant_id"] if "merchant_id" in self.raw else pd.Series("", index=self.raw.index)
         self.merchant = _merchants(merchant)
+        self._merchant_text: Any = None  # see _merchant_column
         self.issues: list[tuple[np.ndarray, int, np.ndarray]] = []  # (records, rank, messages)
         self._cache: dict[tuple, Any] = {}
         self._converted: dict[tuple, Any] = {}  # conversions shared by fields (see evaluate)
@@ -455,15 +456,28 @@ class _Run:
         for column in BOOKKEEPING:
             source = "source_id" if column == "raw_source_id" else column
             if column == "merchant_id":
-                frame[column] = _take(self.merchant, parent)
+                frame[column] = self._merchant_column(parent)
             elif source in self.raw:
                 frame[column] = self.raw[source].take(parent).reset_index(drop=True)
         keep = ~rejected[parent]
         return frame if keep.all() else frame[keep].reset_index(drop=True)
 
+    def _merchant_column(self, rows: np.ndarray) -> Any:
+        """Each row's merchant as the frame's column: the text pandas infers from the merchants'
+        object array (``str``), inferred once per run and taken for each target's rows, rather than
+        inferred again from every target's copy (the same values). Pandas infers an empty object
+        array as ``object``: no rows, the array as it is."""
+        if not (_MERCHANT_ONCE and len(rows)):
+            return _take(self.merchant, rows)
+        if self._merchant_text is None:
+            self._merchant_text = pd.Series(self.merchant).array
+        return self._merchant_text.take(rows)
+
 
 # _merchants takes a column of text as it is
 _TEXT_AS_IS = True
+# _Run._merchant_column infers the merchants' text once per run
+_MERCHANT_ONCE = True
 
 
 def _merchants(merchant: pd.Series) -> np.ndarray:
