@@ -119,6 +119,10 @@ def _typed(value: Any, kind: type) -> Any:
 # Types whose arrays ArrowChunks joins: a list of such values converts element by element, so the
 # array of the whole list is the chunks' arrays end to end.
 _CHUNKABLE = (pa.string(), pa.int64(), pa.float64(), pa.bool_())
+# ArrowChunks converts a column once it holds this many new values: a pa.array call costs ~5 us
+# besides its values, so a column of one value per record waits for several flushes (1024 measured
+# best: larger chunks leave the cache)
+_CHUNK_VALUES = 1024
 _CHUNK_TEXT_LIMIT = 2**31 - 1  # beyond, Arrow would need large_string for the whole list
 
 
@@ -135,9 +139,9 @@ class _Chunks:
         self.text = 0
         self.types: list[type] | None = None  # float64: each value's class (see ArrowColumn)
 
-    def flush(self) -> None:
+    def flush(self, least: int = 1) -> None:
         column, parts = self.column, self.parts
-        if parts is None or not column:
+        if parts is None or len(column) < least:
             return
         try:
             arr = pa.array(column, from_pandas=True)
@@ -185,7 +189,9 @@ class ArrowChunks:
 
     The extractor calls :meth:`flush` every few hundred records, while the values it has just
     appended are still in the CPU cache: converting the whole column afterwards reads Python
-    objects scattered over the batch's memory and took 3-5 times as long. The values are then
+    objects scattered over the batch's memory and took 3-5 times as long. A column converts once it
+    holds :data:`_CHUNK_VALUES` new values (array elements come several per record, record values
+    one; every pa.array call has its cost whatever its length). The values are then
     dropped from the list (freed while in the cache, their memory reused by the next records):
     :meth:`results` gives those columns as :class:`ArrowColumn`, which reads back the same values.
 
@@ -205,11 +211,12 @@ class ArrowChunks:
 
     def flush(self) -> None:
         for state in self.states:
-            state.flush()
+            state.flush(_CHUNK_VALUES)
 
     def results(self) -> dict[int, Sequence]:
         """Convert what is left; each column (by id) -> what stands for it."""
-        self.flush()
+        for state in self.states:
+            state.flush()
         return {id(state.column): state.result() for state in self.states}
 
 
