@@ -451,14 +451,15 @@ class _Run:
         return rejected, rejects[list(REJECT_COLUMNS)]
 
     def _frame(self, target: TargetPlan, values: dict[str, pd.Series], level: _Level, rejected: np.ndarray) -> pd.DataFrame:
-        frame = pd.DataFrame(values)
         parent = level.parent_row if level.parent_row is not None else np.arange(self.n)
+        columns: dict[str, Any] = dict(values)  # then the bookkeeping (one of the same name replaced in place)
         for column in BOOKKEEPING:
             source = "source_id" if column == "raw_source_id" else column
             if column == "merchant_id":
-                frame[column] = self._merchant_column(parent)
+                columns[column] = self._merchant_column(parent)
             elif source in self.raw:
-                frame[column] = self.raw[source].take(parent).reset_index(drop=True)
+                columns[column] = self.raw[source].take(parent).reset_index(drop=True)
+        frame = pd.DataFrame(columns)  # built at once: a column set into a frame costs ~0.1 ms
         keep = ~rejected[parent]
         return frame if keep.all() else frame[keep].reset_index(drop=True)
 
@@ -522,7 +523,10 @@ def _combine(results: list[tuple[np.ndarray, pd.Series]], n: int, type_: str) ->
 
 
 def _empty_rejects() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="int64" if c == "raw_data_id" else object) for c in REJECT_COLUMNS})
+    return _EMPTY_REJECTS.copy()  # a copy of one built once (~10 us, building it ~0.35 ms)
+
+
+_EMPTY_REJECTS = pd.DataFrame({c: pd.Series(dtype="int64" if c == "raw_data_id" else object) for c in REJECT_COLUMNS})
 
 
 def map_batch(mapping: CompiledMapping | MappingSpec, raw: pd.DataFrame | pa.Table) -> MappingOutput:

@@ -277,3 +277,41 @@ def test_merchant_column_inferred_once_per_run(monkeypatch):
                 columns_[once] = out
             pd.testing.assert_frame_equal(columns_[True], columns_[False], check_exact=True)
             assert columns_[True]["merchant_id"].dtype == columns_[False]["merchant_id"].dtype
+
+
+def _frame_column_by_column(self, target, values, level, rejected):
+    """The output frame as it was built before: the mapped columns, then each bookkeeping column set."""
+    frame = pd.DataFrame(values)
+    parent = level.parent_row if level.parent_row is not None else np.arange(self.n)
+    for column in engine.BOOKKEEPING:
+        source = "source_id" if column == "raw_source_id" else column
+        if column == "merchant_id":
+            frame[column] = engine._take(self.merchant, parent)
+        elif source in self.raw:
+            frame[column] = self.raw[source].take(parent).reset_index(drop=True)
+    keep = ~rejected[parent]
+    return frame if keep.all() else frame[keep].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("shape", ["salla", "no merchant", "empty", "rejects"])
+def test_output_frames_built_at_once(monkeypatch, shape):
+    """Output frames (and the empty rejects) built at once, as they were built column by column."""
+    mapping = shipped_mapping("salla", "orders")
+    payloads = _salla_payloads(80) if shape == "rejects" else generate(0, 80)
+    frame = pd.DataFrame({"payload": pd.Series(payloads, dtype=object), "raw_data_id": range(80),
+                          "source_id": [f"r{i}" for i in range(80)], "merchant_id": ["m1", "m2"] * 40,
+                          "observed_seq": range(80)})
+    if shape == "no merchant":
+        frame = frame.drop(columns=["merchant_id"])
+    if shape == "empty":
+        frame = frame.iloc[:0]
+    fast = mapping.run(frame)
+    monkeypatch.setattr(engine._Run, "_frame", _frame_column_by_column)
+    monkeypatch.setattr(engine, "_empty_rejects", lambda: pd.DataFrame(
+        {c: pd.Series(dtype="int64" if c == "raw_data_id" else object) for c in engine.REJECT_COLUMNS}))
+    slow = mapping.run(frame)
+    for name in slow.frames:
+        pd.testing.assert_frame_equal(fast[name], slow[name], check_exact=True)
+        assert list(fast[name].dtypes) == list(slow[name].dtypes)
+    pd.testing.assert_frame_equal(fast.rejects, slow.rejects, check_exact=True)
+    assert list(fast.rejects.dtypes) == list(slow.rejects.dtypes)
