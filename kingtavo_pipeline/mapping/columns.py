@@ -7,6 +7,7 @@ expected), which is normalised element by element first.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -626,6 +627,7 @@ def _exact_integers(text: pd.Series, rows: pd.Series) -> tuple[pd.Series, pd.Ser
     return out, fraction
 
 
+@functools.lru_cache(maxsize=256)  # a zone name's validity does not change; checking it costs ~0.1 ms
 def _zone_ok(zone: str) -> bool:
     try:
         pd.Timestamp("2000-01-01").tz_localize(zone)

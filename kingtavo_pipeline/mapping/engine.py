@@ -66,7 +66,7 @@ def evaluate(spec: FieldSpec, inputs: Sequence[Any], *, zones: Any = None, timez
     """
     values: Any = inputs[0]
     if spec.is_const:
-        values = [spec.const] * len(inputs[0])
+        values = _const_column(spec.const, len(inputs[0])) if not spec.transform else [spec.const] * len(inputs[0])
     if spec.transform:
         columns = list(inputs)
         for call in spec.transform:
@@ -103,6 +103,23 @@ def evaluate(spec: FieldSpec, inputs: Sequence[Any], *, zones: Any = None, timez
         if missing.any():
             problems.insert(0, Problem(missing, "missing_required", "required value missing"))
     return Evaluated(converted.values.reset_index(drop=True), problems)
+
+
+# evaluate builds a constant's column as its Arrow array at once (see _const_column)
+_CONST_AT_ONCE = True
+
+
+def _const_column(value: Any, n: int) -> Any:
+    """``n`` copies of a constant as the column the converters read: the array ``pa.array`` makes
+    of one copy, taken ``n`` times (what it makes of the list of ``n`` copies, without converting
+    each); the list itself when Arrow takes no such value (the converters then read the list)."""
+    if not _CONST_AT_ONCE:
+        return [value] * n
+    try:
+        one = pa.array([value], from_pandas=True)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        return [value] * n
+    return one.take(pa.array(np.zeros(n, dtype=np.int64)))
 
 
 # ------------------------------------------------------------------------------------ plans

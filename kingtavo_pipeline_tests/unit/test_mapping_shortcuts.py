@@ -2,7 +2,8 @@
 numpy, text of few distinct values converted once per value, times parsed by Arrow before any
 regex, conversions shared by fields reading the same column, transforms that stop at a complete
 first input, text not trimmed when no string has whitespace at its ends, sums of only empty
-arrays, merchant text taken at once and inferred once per run. Each must give exactly what
+arrays, merchant text taken at once and inferred once per run, constants as one Arrow value taken n
+times. Each must give exactly what
 the general route gives (values, dtypes, problems and their messages)."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 from kingtavo_pipeline.mapping import columns, engine, shipped_mapping, transforms
 from kingtavo_pipeline.mapping.columns import arrow_text, convert_decimal, to_arrow
+from kingtavo_pipeline.mapping.spec import FieldSpec
 from kingtavo_pipeline.mapping.transforms import REGISTRY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -36,6 +38,7 @@ def _general(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transforms, "_EMPTY_AT_ONCE", False)
     monkeypatch.setattr(engine, "_TEXT_AS_IS", False)
     monkeypatch.setattr(engine, "_MERCHANT_ONCE", False)
+    monkeypatch.setattr(engine, "_CONST_AT_ONCE", False)
     evaluate = engine.evaluate
     monkeypatch.setattr(engine, "evaluate", lambda *args, memo=None, **kwargs: evaluate(*args, **kwargs))
 
@@ -315,3 +318,25 @@ def test_output_frames_built_at_once(monkeypatch, shape):
         assert list(fast[name].dtypes) == list(slow[name].dtypes)
     pd.testing.assert_frame_equal(fast.rejects, slow.rejects, check_exact=True)
     assert list(fast.rejects.dtypes) == list(slow.rejects.dtypes)
+
+
+def test_constants_converted_once(monkeypatch):
+    """A const field's column built as one Arrow value taken n times, as the list of n copies."""
+    consts = ["order", "", "  x ", 0, 7, -1.5, 3.0, 2**70, True, False, None, "2025-01-02 03:04:05", "1700000000",
+              "1,234.50", "https://example.com", "abc", {"a": 1}, [1, 2], [1, "x"], float("nan")]
+    types = ["text", "url", "decimal", "number", "integer", "timestamp"]
+    for const in consts:
+        for type_ in types:
+            for extra in ({}, {"required": True}, {"default": 5}, {"enum": {"map": {"order": "o", "7": "seven"}, "default": "z"}}):
+                try:
+                    spec = FieldSpec.model_validate({"const": const, "type": type_, **extra})
+                except ValueError:
+                    continue
+                for n in (0, 1, 300):
+                    fast = engine.evaluate(spec, [[None] * n], timezone="Asia/Riyadh")
+                    with monkeypatch.context() as m:
+                        m.setattr(engine, "_CONST_AT_ONCE", False)
+                        slow = engine.evaluate(spec, [[None] * n], timezone="Asia/Riyadh")
+                    pd.testing.assert_series_equal(fast.values, slow.values, check_exact=True)
+                    assert [(p.error_type, p.mask.tolist(), list(np.atleast_1d(p.reasons))) for p in fast.problems] == \
+                        [(p.error_type, p.mask.tolist(), list(np.atleast_1d(p.reasons))) for p in slow.problems], (const, type_)
