@@ -121,9 +121,10 @@ def _typed(value: Any, kind: type) -> Any:
 # array of the whole list is the chunks' arrays end to end.
 _CHUNKABLE = (pa.string(), pa.int64(), pa.float64(), pa.bool_())
 # ArrowChunks converts a column once it holds this many new values: a pa.array call costs ~5 us
-# besides its values, so a column of one value per record waits for several flushes (1024 measured
-# best: larger chunks leave the cache)
-_CHUNK_VALUES = 1024
+# besides its values, so a column of one value per record waits for several flushes (512 measured
+# best overall: 1024 did as well on batches mapped back to back but worse on batches mapped right
+# after they were built, as the bench and core do; beyond, chunks leave the cache)
+_CHUNK_VALUES = 512
 _CHUNK_TEXT_LIMIT = 2**31 - 1  # beyond, Arrow would need large_string for the whole list
 
 
