@@ -501,8 +501,11 @@ _MERCHANT_ONCE = True
 def _merchants(merchant: pd.Series) -> np.ndarray:
     """Each row's merchant as text ("" when missing). A column holding only ``str`` values is that
     text already (nothing is missing, ``str`` of each is itself): it is taken as it is, without a
-    ``str`` call per row."""
+    ``str`` call per row; so is a column of a pandas text dtype with nothing missing (what pandas
+    makes of a merchant id given as one string, as core and the bench give it)."""
     if _TEXT_AS_IS and merchant.dtype == object and set(map(type, merchant.to_numpy(dtype=object))) == {str}:
+        return merchant.to_numpy(dtype=object)
+    if _TEXT_AS_IS and isinstance(merchant.dtype, pd.StringDtype) and not merchant.hasnans:
         return merchant.to_numpy(dtype=object)
     return merchant.astype(object).where(merchant.notna(), "").astype(str).to_numpy(dtype=object)
 

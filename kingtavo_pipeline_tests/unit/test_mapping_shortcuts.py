@@ -248,10 +248,16 @@ def test_merchant_text_taken_as_it_is(monkeypatch):
     rng = random.Random(15)
     pool = ["m1", "", " m2 ", None, float("nan"), 7, pd.NA, "1608226078"]
     cases = [pd.Series([], dtype=object), pd.Series(["a"] * 5), pd.Series(["a", None], dtype="string"),
+             pd.Series(["a", " b ", ""], dtype="string"), pd.Series(["a", "b"], dtype="str"), pd.Series([], dtype="str"),
+             pd.Series(["a", None], dtype="str"), pd.Series(["x"] * 3, dtype=pd.StringDtype("python")),
+             pd.DataFrame({"p": range(4)}).assign(m="1608226078")["m"],
              pd.Series([1, 2]), pd.Series(["m1", "m2"], dtype=object)]
     for _ in range(300):
         chosen = rng.sample(pool, rng.randint(1, 3))
         cases.append(pd.Series([rng.choice(chosen) for _ in range(rng.randint(1, 30))], dtype=object))
+        text = [v for v in chosen if isinstance(v, str) or v is None]
+        if text:
+            cases.append(pd.Series([rng.choice(text) for _ in range(rng.randint(1, 30))], dtype=rng.choice(["str", "string"])))
     fast = [engine._merchants(c) for c in cases]
     monkeypatch.setattr(engine, "_TEXT_AS_IS", False)
     for case, result in zip(cases, fast):
