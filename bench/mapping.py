@@ -3,15 +3,16 @@
 Generates N order details shaped as Salla's GET /orders/{id} ``data`` with the lines under
 ``items`` (money as ``{"amount", "currency"}``, dates as PHP DateTime objects in Asia/Riyadh), as
 JSON text like ``raw_data.payload::text``; then maps them with the shipped ``salla_orders.yaml`` in
-batches (as core does) and reports orders/s, lines/s, the time split (decode+extract, which is
-one pass per record, then the column work: map, output), peak RSS, and two baselines measured in the same run
+batches of the size core maps (``transform.entities.ENTITY_BATCH_ROWS``) and reports orders/s,
+lines/s, the time split (decode+extract, which is one pass per record, then the column work: map,
+output), peak RSS, and two baselines measured in the same run
 (CPU time is reported too: on a shared machine it varies less than wall time):
 
 * ``orjson.loads`` alone over every payload: the floor any Python mapping pays to read JSON;
 * a plain per-record Python loop doing the same mapping (dict navigation, Decimal, datetime
   parsing, enum dict) on a sample: what the engine replaces.
 
-    python bench/mapping.py --rows 1000000 --batch 100000   # --rows 100000 for a quick look
+    python bench/mapping.py --rows 1000000   # --rows 100000 for a quick look; --batch to try other sizes
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kingtavo_pipeline.mapping import shipped_mapping  # noqa: E402
+from kingtavo_pipeline.transform.entities import ENTITY_BATCH_ROWS  # noqa: E402
 
 STATUSES = ("payment_pending", "under_review", "in_progress", "shipped", "delivered", "completed", "canceled", "restored")
 NAMES = ("Oud Perfume", "Arabic Coffee Beans", "Dates Gift Box", "Cotton Thobe", "Silk Shemagh", "Prayer Mat")
@@ -133,7 +135,9 @@ def peak_rss_mib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--batch", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=ENTITY_BATCH_ROWS,
+                        help=f"orders mapped per batch (default {ENTITY_BATCH_ROWS:,}: what core maps per batch, "
+                             "transform.entities.ENTITY_BATCH_ROWS)")
     parser.add_argument("--baseline-sample", type=int, default=50_000)
     args = parser.parse_args()
 

@@ -7,6 +7,7 @@ expected), which is normalised element by element first.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,70 +64,89 @@ def quote(values: Sequence[Any], limit: int = 80) -> np.ndarray:
 
 
 class Column(list):
-    """A column of raw values (a list) that may carry ``arrow``: the very array
-    ``pa.array(self, from_pandas=True)`` gives, built beforehand (see :class:`ArrowChunks`)."""
+    """A column of raw values (a list) as the extractor fills it (see :class:`ArrowChunks`)."""
 
-    __slots__ = ("arrow",)
+    __slots__ = ()
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.arrow: pa.Array | None = None
+
+_NONE = type(None)
 
 
 class ArrowColumn(Sequence):
-    """A column of raw JSON scalars held only as their Arrow array of strings, integers, booleans
-    or nulls: read as a sequence it gives back exactly the Python values (str, int, bool, None)
-    the array was built from, so it stands for that list anywhere (see :class:`ArrowChunks`)."""
+    """A column of raw JSON scalars held only as their Arrow array of strings, integers, floats,
+    booleans or nulls: read as a sequence it gives back exactly the Python values (str, int, float,
+    bool, None) the array was built from, so it stands for that list anywhere (see
+    :class:`ArrowChunks`).
 
-    __slots__ = ("arrow",)
+    A float64 array is all an int/float/bool mix converts to (5 -> 5.0, True -> 1.0): ``types``
+    then holds each value's class, and a value that was an int or a bool is read back as one
+    (exact: Arrow refuses an int a double does not hold exactly)."""
 
-    def __init__(self, arrow: pa.Array) -> None:
+    __slots__ = ("arrow", "types")
+
+    def __init__(self, arrow: pa.Array, types: list[type] | None = None) -> None:
         self.arrow = arrow
+        self.types = types
 
     def __len__(self) -> int:
         return len(self.arrow)
 
     def __iter__(self) -> Any:
-        return iter(self.arrow.to_pylist())
+        return iter(self._values())
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
-            return self.arrow.to_pylist()[i]
-        return self.arrow[int(i)].as_py()
+            return self._values()[i]
+        i = int(i)
+        value = self.arrow[i].as_py()
+        return value if self.types is None else _typed(value, self.types[i])
+
+    def _values(self) -> list:
+        values = self.arrow.to_pylist()
+        if self.types is None:
+            return values
+        return [_typed(v, t) for v, t in zip(values, self.types)]
 
     def take(self, rows: np.ndarray) -> ArrowColumn:
-        return ArrowColumn(self.arrow.take(pa.array(rows)))
+        types = None if self.types is None else [self.types[i] for i in rows]
+        return ArrowColumn(self.arrow.take(pa.array(rows)), types)
+
+
+def _typed(value: Any, kind: type) -> Any:
+    """A value read from a float64 array as the class it had (int, bool) before it became a float."""
+    return value if value is None or kind is float else kind(value)
 
 
 # Types whose arrays ArrowChunks joins: a list of such values converts element by element, so the
 # array of the whole list is the chunks' arrays end to end.
 _CHUNKABLE = (pa.string(), pa.int64(), pa.float64(), pa.bool_())
-# Types whose arrays give back the very Python values (not float64: a list of ints and floats
-# becomes floats, 5 -> 5.0), so the values need not be kept
-_ROUND_TRIP = (pa.string(), pa.int64(), pa.bool_(), pa.null())
+# ArrowChunks converts a column once it holds this many new values: a pa.array call costs ~5 us
+# besides its values, so a column of one value per record waits for several flushes (512 measured
+# best overall: 1024 did as well on batches mapped back to back but worse on batches mapped right
+# after they were built, as the bench and core do; beyond, chunks leave the cache)
+_CHUNK_VALUES = 512
 _CHUNK_TEXT_LIMIT = 2**31 - 1  # beyond, Arrow would need large_string for the whole list
 
 
 class _Chunks:
     """One column's state in :class:`ArrowChunks`."""
 
-    __slots__ = ("column", "parts", "kind", "keep", "done", "text")
+    __slots__ = ("column", "parts", "kind", "size", "text", "types")
 
     def __init__(self, column: Column) -> None:
         self.column = column
         self.parts: list[pa.Array] | None = []  # None: given up, the column holds every value
         self.kind: pa.DataType | None = None  # the type of the non-null chunks
-        self.keep = False  # the column holds every value (else only those not yet converted)
-        self.done = 0  # with keep: values converted
+        self.size = 0  # values converted
         self.text = 0
+        self.types: list[type] | None = None  # float64: each value's class (see ArrowColumn)
 
-    def flush(self) -> None:
+    def flush(self, least: int = 1) -> None:
         column, parts = self.column, self.parts
-        start = self.done if self.keep else 0
-        if parts is None or start == len(column):
+        if parts is None or len(column) < least:
             return
         try:
-            arr = pa.array(column[start:] if start else column, from_pandas=True)
+            arr = pa.array(column, from_pandas=True)
         except (pa.ArrowException, OverflowError, TypeError, ValueError):
             return self.give_up()
         kind = arr.type
@@ -138,32 +158,32 @@ class _Chunks:
                 self.text += arr.buffers()[2].size if arr.buffers()[2] is not None else 0
                 if self.text > _CHUNK_TEXT_LIMIT:
                     return self.give_up()
+        if kind == pa.float64() or self.types is not None:
+            types = self.types
+            if types is None:
+                types = self.types = [_NONE] * self.size  # the chunks so far held only missing values
+            types += map(type, column)
+            if arr.null_count and types[-len(column) :].count(_NONE) != arr.null_count:
+                del types[-len(column) :]  # a NaN, which from_pandas reads as missing
+                return self.give_up()
         parts.append(arr)
-        if not self.keep and kind not in _ROUND_TRIP:  # from now on the values stay
-            column[0:0] = [v for part in parts[:-1] for v in part.to_pylist()]
-            self.keep = True
-        if self.keep:
-            self.done = len(column)
-        else:
-            del column[:]  # freed while still in the CPU cache; the array gives them back
+        self.size += len(column)
+        del column[:]  # freed while still in the CPU cache; the array gives them back
 
     def give_up(self) -> None:
         """No array for this column: it gets back every value it had."""
-        if not self.keep:
-            self.column[0:0] = [v for part in self.parts or [] for v in part.to_pylist()]
+        if self.parts:
+            self.column[0:0] = self._joined()
         self.parts = None
 
-    def result(self) -> Sequence:
-        parts = self.parts
-        if parts is None or not parts:
-            return self.column
+    def _joined(self) -> ArrowColumn:
+        parts = self.parts or []
         if self.kind is not None:
             parts = [pa.nulls(len(p), self.kind) if p.type == pa.null() else p for p in parts]
-        arr = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
-        if self.keep:
-            self.column.arrow = arr
-            return self.column
-        return ArrowColumn(arr)
+        return ArrowColumn(parts[0] if len(parts) == 1 else pa.concat_arrays(parts), self.types)
+
+    def result(self) -> Sequence:
+        return self.column if not self.parts else self._joined()
 
 
 class ArrowChunks:
@@ -171,10 +191,11 @@ class ArrowChunks:
 
     The extractor calls :meth:`flush` every few hundred records, while the values it has just
     appended are still in the CPU cache: converting the whole column afterwards reads Python
-    objects scattered over the batch's memory and took 3-5 times as long. Strings, integers and
-    booleans are then dropped from the list (freed while in the cache, their memory reused by the
-    next records): :meth:`results` gives those columns as :class:`ArrowColumn`, which reads back the
-    same values; other columns stay lists, with their ``arrow``.
+    objects scattered over the batch's memory and took 3-5 times as long. A column converts once it
+    holds :data:`_CHUNK_VALUES` new values (array elements come several per record, record values
+    one; every pa.array call has its cost whatever its length). The values are then
+    dropped from the list (freed while in the cache, their memory reused by the next records):
+    :meth:`results` gives those columns as :class:`ArrowColumn`, which reads back the same values.
 
     Exact: ``pa.array`` infers one type for the whole list and converts each value to it. When
     every chunk inferred the same type among :data:`_CHUNKABLE` (chunks of only missing values
@@ -192,11 +213,12 @@ class ArrowChunks:
 
     def flush(self) -> None:
         for state in self.states:
-            state.flush()
+            state.flush(_CHUNK_VALUES)
 
     def results(self) -> dict[int, Sequence]:
         """Convert what is left; each column (by id) -> what stands for it."""
-        self.flush()
+        for state in self.states:
+            state.flush()
         return {id(state.column): state.result() for state in self.states}
 
 
@@ -218,7 +240,7 @@ def to_arrow(values: Any) -> tuple[pa.Array, np.ndarray | None]:
     """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    if values.__class__ is ArrowColumn or (values.__class__ is Column and values.arrow is not None):
+    if values.__class__ is ArrowColumn:
         values = values.arrow  # pa.array(values, from_pandas=True), built while extracting
     if isinstance(values, pa.Array):
         arr = values
@@ -606,6 +628,7 @@ def _exact_integers(text: pd.Series, rows: pd.Series) -> tuple[pd.Series, pd.Ser
     return out, fraction
 
 
+@functools.lru_cache(maxsize=256)  # a zone name's validity does not change; checking it costs ~0.1 ms
 def _zone_ok(zone: str) -> bool:
     try:
         pd.Timestamp("2000-01-01").tz_localize(zone)

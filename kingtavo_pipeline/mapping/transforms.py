@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -262,7 +263,10 @@ _EMPTY_AT_ONCE = True
 def _sum_of_empty(values: Any, types: set) -> pd.Series:
     """Sums of arrays that are all empty or absent: "0" for an array, None for an absent one. When
     the column holds one of the two only (``types``, the classes of its values), every row gets the
-    same answer, so the list is built at once; the rows are looked at one by one otherwise."""
+    same answer, so the column is built at once (every array empty: Arrow strings, the very array
+    the converters would make of the "0"s); the rows are looked at one by one otherwise."""
     if _EMPTY_AT_ONCE and len(types) == 1:
-        return pd.Series(["0" if list in types else None] * len(values), dtype=object)
+        if list in types:
+            return _series(pa.array(["0"], pa.string()).take(pa.array(np.zeros(len(values), dtype=np.int64))))
+        return pd.Series([None] * len(values), dtype=object)
     return pd.Series(["0" if v.__class__ is list else None for v in values], dtype=object)

@@ -27,6 +27,9 @@ ENTITY_COLUMNS: dict[str, tuple[str, ...]] = {
                     "discount", "tax", "total", "currency", "source_updated_at"),
 }
 ENTITY_TABLES = tuple(ENTITY_COLUMNS)
+# Raw rows core reads and maps per batch (one ``EntityMapper.map`` per entity in it): bounds the
+# memory of a batch; the mapping benchmark maps batches of the same size.
+ENTITY_BATCH_ROWS = 20_000
 # what every core row carries from its raw record
 CARRIED = ("raw_data_id", "partition_date", "observed_seq")
 

@@ -9,12 +9,13 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from kingtavo_pipeline.mapping import fast, shipped_mapping, shipped_mappings
+from kingtavo_pipeline.mapping import columns, fast, shipped_mapping, shipped_mappings
 from kingtavo_pipeline.mapping.columns import ArrowChunks, ArrowColumn, Column, to_arrow
 from kingtavo_pipeline.mapping.fast import FastExtractor
 
@@ -47,24 +48,27 @@ def _same_values(got: list, want: list) -> None:
     assert [type(v) for v in got] == [type(v) for v in want]
 
 
-def test_chunked_columns_are_the_whole_columns():
-    rng = random.Random(21)
-    arrays = dropped = kept = 0
+@pytest.mark.parametrize("least", [1, 8])
+def test_chunked_columns_are_the_whole_columns(monkeypatch, least):
+    monkeypatch.setattr(columns, "_CHUNK_VALUES", least)  # a chunk per flush, or a few flushes per chunk
+    rng = random.Random(21 + least)
+    arrays = dropped = floats = joined = 0
     for _ in range(1500):
         want = [_column(rng) for _ in range(3)]
-        columns = [Column() for _ in want]
+        lists = [Column() for _ in want]
         chunks = ArrowChunks()
-        chunks.start(columns)
+        chunks.start(lists)
         at = 0
         longest = max(map(len, want))
         while at < longest:  # the extractor's rhythm: some values appended, then a flush
             step = rng.randint(1, 30)
-            for column, values in zip(columns, want):
+            for column, values in zip(lists, want):
                 column.extend(values[at : at + step])
             at += step
             chunks.flush()
+        joined += sum(len(state.parts or ()) > 1 for state in chunks.states)
         results = chunks.results()
-        for column, values in zip(columns, want):
+        for column, values in zip(lists, want):
             out = results[id(column)]
             _same_values(list(out), values)
             _same_values([out[i] for i in range(len(out))], values)
@@ -74,10 +78,26 @@ def test_chunked_columns_are_the_whole_columns():
             assert (got_nested is None) == (nested is None)
             if isinstance(out, ArrowColumn):
                 dropped += 1
-            elif out.arrow is not None:
-                kept += 1
-            arrays += out.__class__ is ArrowColumn or out.arrow is not None
-    assert dropped > 300 and kept > 100 and arrays < 4500  # every outcome was met
+                floats += out.types is not None
+                rows = np.array(sorted(rng.sample(range(len(values)), min(5, len(values)))), dtype=np.int64)
+                _same_values(list(out.take(rows)), [values[i] for i in rows])
+            arrays += out.__class__ is ArrowColumn
+    assert dropped > 300 and floats > 100 and arrays < 4500  # every outcome was met
+    assert joined > 150  # columns of several chunks
+
+
+def test_a_chunk_holding_nan_leaves_the_column_a_list(monkeypatch):
+    """``pa.array(..., from_pandas=True)`` reads NaN as missing: such a float column keeps its values."""
+    monkeypatch.setattr(columns, "_CHUNK_VALUES", 1)
+    column = Column()
+    chunks = ArrowChunks()
+    chunks.start([column])
+    column.extend([1, 2.5, None])
+    chunks.flush()
+    column.extend([float("nan"), 3.5, 4])
+    out = chunks.results()[id(column)]
+    assert out.__class__ is Column and out[:3] == [1, 2.5, None] and out[3] != out[3] and out[4:] == [3.5, 4]
+    assert [type(v) for v in out] == [int, float, type(None), float, float, int]
 
 
 def _frame(payloads: list) -> pd.DataFrame:
@@ -111,9 +131,10 @@ def _mutated(n: int, seed: int) -> list:
     return payloads
 
 
-@pytest.mark.parametrize("chunk, seed", [(4, 1), (16, 2), (256, 3)])
-def test_salla_batches_identical_with_and_without_chunks(monkeypatch, chunk, seed):
+@pytest.mark.parametrize("chunk, least, seed", [(4, 1, 1), (16, 1, 2), (256, 1, 3), (256, columns._CHUNK_VALUES, 4)])
+def test_salla_batches_identical_with_and_without_chunks(monkeypatch, chunk, least, seed):
     monkeypatch.setattr(fast, "CHUNK", chunk)
+    monkeypatch.setattr(columns, "_CHUNK_VALUES", least)
     shipped = shipped_mapping("salla", "orders")
     mapping = type(shipped)(shipped.spec, shipped.name)  # compiled with this chunk size
     assert isinstance(mapping._fast_extractor, FastExtractor)
@@ -125,6 +146,7 @@ def test_salla_batches_identical_with_and_without_chunks(monkeypatch, chunk, see
         slow = mapping.run(frame)
         monkeypatch.undo()
         monkeypatch.setattr(fast, "CHUNK", chunk)
+        monkeypatch.setattr(columns, "_CHUNK_VALUES", least)
         for name in slow.frames:
             pd.testing.assert_frame_equal(fast_out[name], slow[name], check_exact=True)
             assert list(fast_out[name].dtypes) == list(slow[name].dtypes)
@@ -136,6 +158,7 @@ def test_shipped_mappings_identical_with_and_without_chunks_on_random_shapes(mon
     from kingtavo_pipeline_tests.unit.test_mapping_fast import _documents
 
     monkeypatch.setattr(fast, "CHUNK", 4)  # many chunks, types changing between them
+    monkeypatch.setattr(columns, "_CHUNK_VALUES", 1)
     shipped = shipped_mapping(*name.split("_", 1))
     mapping = type(shipped)(shipped.spec, shipped.name)
     docs = _documents(mapping, 300, seed=hash(name) % 1000 + 1)

@@ -2,7 +2,8 @@
 numpy, text of few distinct values converted once per value, times parsed by Arrow before any
 regex, conversions shared by fields reading the same column, transforms that stop at a complete
 first input, text not trimmed when no string has whitespace at its ends, sums of only empty
-arrays and merchant text taken at once. Each must give exactly what
+arrays, merchant text taken at once and inferred once per run, constants as one Arrow value taken n
+times. Each must give exactly what
 the general route gives (values, dtypes, problems and their messages)."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 from kingtavo_pipeline.mapping import columns, engine, shipped_mapping, transforms
 from kingtavo_pipeline.mapping.columns import arrow_text, convert_decimal, to_arrow
+from kingtavo_pipeline.mapping.spec import FieldSpec
 from kingtavo_pipeline.mapping.transforms import REGISTRY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -35,6 +37,8 @@ def _general(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(columns, "_EDGES_FIRST", False)
     monkeypatch.setattr(transforms, "_EMPTY_AT_ONCE", False)
     monkeypatch.setattr(engine, "_TEXT_AS_IS", False)
+    monkeypatch.setattr(engine, "_MERCHANT_ONCE", False)
+    monkeypatch.setattr(engine, "_CONST_AT_ONCE", False)
     evaluate = engine.evaluate
     monkeypatch.setattr(engine, "evaluate", lambda *args, memo=None, **kwargs: evaluate(*args, **kwargs))
 
@@ -224,21 +228,121 @@ def test_sums_of_only_empty_or_only_absent_arrays_at_once(monkeypatch):
         cases.append([rng.choice(chosen) for _ in range(rng.choice([1, 5, 200]))])
     fast = [REGISTRY["sum"].fn([c], key="discount") for c in cases]
     monkeypatch.setattr(transforms, "_EMPTY_AT_ONCE", False)
+    at_once = 0
     for case, result in zip(cases, fast):
-        pd.testing.assert_series_equal(result, REGISTRY["sum"].fn([case], key="discount"), check_exact=True)
+        slow = REGISTRY["sum"].fn([case], key="discount")
+        if str(result.dtype) == str(slow.dtype):
+            pd.testing.assert_series_equal(result, slow, check_exact=True)
+            continue
+        # every array empty: Arrow strings, read by every consumer (to_arrow) as the "0"s are
+        at_once += 1
+        assert result.tolist() == slow.tolist() and [type(v) for v in result.tolist()] == [str] * len(case)
+        assert result.to_numpy(dtype=object, na_value=None).tolist() == slow.to_numpy(dtype=object, na_value=None).tolist()
+        got, want = to_arrow(result), to_arrow(slow)
+        assert got[0].equals(want[0]) and got[0].type == want[0].type and got[1] is want[1] is None
+        _same(convert_decimal(result), convert_decimal(slow))
+    assert at_once >= 2
 
 
 def test_merchant_text_taken_as_it_is(monkeypatch):
     rng = random.Random(15)
     pool = ["m1", "", " m2 ", None, float("nan"), 7, pd.NA, "1608226078"]
     cases = [pd.Series([], dtype=object), pd.Series(["a"] * 5), pd.Series(["a", None], dtype="string"),
+             pd.Series(["a", " b ", ""], dtype="string"), pd.Series(["a", "b"], dtype="str"), pd.Series([], dtype="str"),
+             pd.Series(["a", None], dtype="str"), pd.Series(["x"] * 3, dtype=pd.StringDtype("python")),
+             pd.DataFrame({"p": range(4)}).assign(m="1608226078")["m"],
              pd.Series([1, 2]), pd.Series(["m1", "m2"], dtype=object)]
     for _ in range(300):
         chosen = rng.sample(pool, rng.randint(1, 3))
         cases.append(pd.Series([rng.choice(chosen) for _ in range(rng.randint(1, 30))], dtype=object))
+        text = [v for v in chosen if isinstance(v, str) or v is None]
+        if text:
+            cases.append(pd.Series([rng.choice(text) for _ in range(rng.randint(1, 30))], dtype=rng.choice(["str", "string"])))
     fast = [engine._merchants(c) for c in cases]
     monkeypatch.setattr(engine, "_TEXT_AS_IS", False)
     for case, result in zip(cases, fast):
         slow = engine._merchants(case)
         assert result.dtype == slow.dtype and result.tolist() == slow.tolist()
         assert [type(v) for v in result] == [type(v) for v in slow]
+
+
+def test_merchant_column_inferred_once_per_run(monkeypatch):
+    """Each target's merchant_id column taken from the run's merchants inferred once: the column the
+    frame gets is the one it got from each target's own object array (dtype and values)."""
+    rng = random.Random(17)
+    pool = ["m1", "", "m2", "1608226078", "ﾃｽﾄ"]
+    for _ in range(200):
+        n = rng.choice([1, 3, 40])
+        chosen = rng.sample(pool, rng.randint(1, 3))
+        merchants = pd.Series([rng.choice(chosen) for _ in range(n)], dtype=object)
+        frame = pd.DataFrame({"payload": ["{}"] * n, "raw_data_id": range(n), "source_id": "s", "merchant_id": merchants})
+        run = engine._Run(shipped_mapping("salla", "orders"), frame)
+        for rows in (np.arange(n), np.array([], dtype=np.int64), np.sort(rng.choices(range(n), k=rng.randint(1, 2 * n)))):
+            columns_ = {}
+            for once in (True, False):
+                monkeypatch.setattr(engine, "_MERCHANT_ONCE", once)
+                out = pd.DataFrame({"x": range(len(rows))})
+                out["merchant_id"] = run._merchant_column(rows)
+                columns_[once] = out
+            pd.testing.assert_frame_equal(columns_[True], columns_[False], check_exact=True)
+            assert columns_[True]["merchant_id"].dtype == columns_[False]["merchant_id"].dtype
+
+
+def _frame_column_by_column(self, target, values, level, rejected):
+    """The output frame as it was built before: the mapped columns, then each bookkeeping column set."""
+    frame = pd.DataFrame(values)
+    parent = level.parent_row if level.parent_row is not None else np.arange(self.n)
+    for column in engine.BOOKKEEPING:
+        source = "source_id" if column == "raw_source_id" else column
+        if column == "merchant_id":
+            frame[column] = engine._take(self.merchant, parent)
+        elif source in self.raw:
+            frame[column] = self.raw[source].take(parent).reset_index(drop=True)
+    keep = ~rejected[parent]
+    return frame if keep.all() else frame[keep].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("shape", ["salla", "no merchant", "empty", "rejects"])
+def test_output_frames_built_at_once(monkeypatch, shape):
+    """Output frames (and the empty rejects) built at once, as they were built column by column."""
+    mapping = shipped_mapping("salla", "orders")
+    payloads = _salla_payloads(80) if shape == "rejects" else generate(0, 80)
+    frame = pd.DataFrame({"payload": pd.Series(payloads, dtype=object), "raw_data_id": range(80),
+                          "source_id": [f"r{i}" for i in range(80)], "merchant_id": ["m1", "m2"] * 40,
+                          "observed_seq": range(80)})
+    if shape == "no merchant":
+        frame = frame.drop(columns=["merchant_id"])
+    if shape == "empty":
+        frame = frame.iloc[:0]
+    fast = mapping.run(frame)
+    monkeypatch.setattr(engine._Run, "_frame", _frame_column_by_column)
+    monkeypatch.setattr(engine, "_empty_rejects", lambda: pd.DataFrame(
+        {c: pd.Series(dtype="int64" if c == "raw_data_id" else object) for c in engine.REJECT_COLUMNS}))
+    slow = mapping.run(frame)
+    for name in slow.frames:
+        pd.testing.assert_frame_equal(fast[name], slow[name], check_exact=True)
+        assert list(fast[name].dtypes) == list(slow[name].dtypes)
+    pd.testing.assert_frame_equal(fast.rejects, slow.rejects, check_exact=True)
+    assert list(fast.rejects.dtypes) == list(slow.rejects.dtypes)
+
+
+def test_constants_converted_once(monkeypatch):
+    """A const field's column built as one Arrow value taken n times, as the list of n copies."""
+    consts = ["order", "", "  x ", 0, 7, -1.5, 3.0, 2**70, True, False, None, "2025-01-02 03:04:05", "1700000000",
+              "1,234.50", "https://example.com", "abc", {"a": 1}, [1, 2], [1, "x"], float("nan")]
+    types = ["text", "url", "decimal", "number", "integer", "timestamp"]
+    for const in consts:
+        for type_ in types:
+            for extra in ({}, {"required": True}, {"default": 5}, {"enum": {"map": {"order": "o", "7": "seven"}, "default": "z"}}):
+                try:
+                    spec = FieldSpec.model_validate({"const": const, "type": type_, **extra})
+                except ValueError:
+                    continue
+                for n in (0, 1, 300):
+                    fast = engine.evaluate(spec, [[None] * n], timezone="Asia/Riyadh")
+                    with monkeypatch.context() as m:
+                        m.setattr(engine, "_CONST_AT_ONCE", False)
+                        slow = engine.evaluate(spec, [[None] * n], timezone="Asia/Riyadh")
+                    pd.testing.assert_series_equal(fast.values, slow.values, check_exact=True)
+                    assert [(p.error_type, p.mask.tolist(), list(np.atleast_1d(p.reasons))) for p in fast.problems] == \
+                        [(p.error_type, p.mask.tolist(), list(np.atleast_1d(p.reasons))) for p in slow.problems], (const, type_)

@@ -26,7 +26,7 @@ from kingtavo_pipeline.defs.partitions import daily_partitions, single_run_backf
 from kingtavo_pipeline.defs.resources import PostgresResource
 from kingtavo_pipeline.defs.runs import partition_label, utc_window
 from kingtavo_pipeline.defs.webhooks.assets import WEBHOOK_EVENTS_KEY
-from kingtavo_pipeline.transform.entities import ENTITY_TABLES, EntityMapper
+from kingtavo_pipeline.transform.entities import ENTITY_BATCH_ROWS, ENTITY_TABLES, EntityMapper
 from kingtavo_pipeline.storage.bookkeeping import (
     etl_run,
     get_source_fingerprint,
@@ -40,7 +40,6 @@ from kingtavo_pipeline.storage.upsert import newer_sql, upsert
 ENTITY_KEY = ("source_type", "source_name", "merchant_id", "source_id")
 VERSION_COLUMNS = ("source_updated_at", "observed_seq")
 ROW_VERSION = {"row_version": "nextval('core_row_version_seq')"}
-READ_CHUNK_ROWS = 20_000
 
 # The raw sources (one per merchant for Salla) of the configured API sources with days to take.
 RAW_SOURCES = """
@@ -143,7 +142,7 @@ def core_entities(context: dg.AssetExecutionContext, config: CoreConfig, postgre
                     with conn.cursor(name=f"raw_{source.source_type}") as cursor:
                         cursor.execute(RAW_FOR_WINDOW, params)
                         names = None
-                        while rows := cursor.fetchmany(READ_CHUNK_ROWS):
+                        while rows := cursor.fetchmany(ENTITY_BATCH_ROWS):
                             names = names or [d.name for d in cursor.description]
                             raw = pd.DataFrame(rows, columns=names)
                             counts.extracted += len(raw)
