@@ -417,8 +417,10 @@ def main() -> None:
         ours = sum(cpu for _, _, cpu in peaks.values())
         if backend_cpu:
             backend_cpu, by_client = backend_cpu
-            print("  PostgreSQL backend CPU s, by the process they served: " + ", ".join(
-                f"{name.removeprefix('step ')} {cpu:.1f}" for name, cpu in sorted(by_client.items(), key=lambda kv: -kv[1]) if cpu >= 0.05))
+            served = [f"{name.removeprefix('step ')} {cpu:.1f}"
+                      for name, cpu in sorted(by_client.items(), key=lambda kv: -kv[1]) if cpu >= 0.05]
+            if served:
+                print("  PostgreSQL backend CPU s, by the process they served: " + ", ".join(served))
             # what the run cost in CPU, wherever it ran: the wall time cannot drop below total / cores
             total = ours + backend_cpu
             print(f"  CPU: our processes {ours:.1f} s, PostgreSQL backends {backend_cpu:.1f} s "
