@@ -267,7 +267,9 @@ class FastExtractor:
     def _expand(j: int, spec: Expand, root: _Node, elements: list[_Node], names: dict[str, Any]) -> list[str]:
         gen = _Source(names, f"x{j}_")
         pad = " " * 8
-        lines = [f"{pad}k = 0"]
+        # each element of a single level is one row: the count is the array's length
+        single = len(spec.levels) == 1
+        lines = [] if single else [f"{pad}k = 0"]
         var, holder = "d", root
         for level, path in enumerate(spec.levels):
             segments = split_path(path)
@@ -292,7 +294,10 @@ class FastExtractor:
         parent_statements, parent_exprs = _Source(names, f"p{j}_").leaves(parent_var, parent_node, spec.parent_leaves)
         lines += [f"{pad}{line}" for line in statements + parent_statements]
         values = exprs + parent_exprs
-        lines += [f"{pad}x{j}_{i}({e})" for i, e in enumerate(values)] + [f"{pad}k += 1"]
+        lines += [f"{pad}x{j}_{i}({e})" for i, e in enumerate(values)] + ([] if single else [f"{pad}k += 1"])
+        if single:
+            return lines + [f"            counts{j}.append(len(a{j}_0))", "        else:",
+                            f"            present{j}.append(False)", f"            counts{j}.append(0)"]
         lines += ["        else:", f"            present{j}.append(False)", f"        counts{j}.append(k)"]
         return lines
 
