@@ -235,7 +235,8 @@ class FastExtractor:
         gen = _Source(names, "r")
         statements, exprs = gen.leaves("d", root, self.leaves)
         # one list per value read, appended to in the pass: no tuple per row, no transposition after
-        lines = ["def extract(payloads, chunks=None):", *_column_lists("rc", len(exprs)), "    fast = []", "    slow = []"]
+        # rows of records that took the old path (the others, in order, are those of the columns)
+        lines = ["def extract(payloads, chunks=None):", *_column_lists("rc", len(exprs)), "    slow = []"]
         for j, spec in enumerate(self.expands):
             width = sum(leaf.width for leaf in spec.leaves) + sum(leaf.width for leaf in spec.parent_leaves)
             # per record its number of rows (row numbers and positions follow from the counts)
@@ -253,21 +254,22 @@ class FastExtractor:
             "        except Exception:",  # not JSON text, not an object, or a value the Structs refuse
             "            slow.append(r)",
             "            continue",
-            "        fast.append(r)",
             *(f"        {line}" for line in statements),
             *(f"        rc{i}({e})" for i, e in enumerate(exprs)),
         ]
         for j, (spec, elements) in enumerate(zip(self.expands, chains)):
             lines += self._expand(j, spec, root, elements, names)
         outs = ", ".join(f"(x{j}_, present{j}, counts{j})" for j in range(len(self.expands)))
-        lines.append(f"    return rc, fast, slow, [{outs}]")
+        lines.append(f"    return rc, slow, [{outs}]")
         return "\n".join(lines)
 
     @staticmethod
     def _expand(j: int, spec: Expand, root: _Node, elements: list[_Node], names: dict[str, Any]) -> list[str]:
         gen = _Source(names, f"x{j}_")
         pad = " " * 8
-        lines = [f"{pad}k = 0"]
+        # each element of a single level is one row: the count is the array's length
+        single = len(spec.levels) == 1
+        lines = [] if single else [f"{pad}k = 0"]
         var, holder = "d", root
         for level, path in enumerate(spec.levels):
             segments = split_path(path)
@@ -292,7 +294,10 @@ class FastExtractor:
         parent_statements, parent_exprs = _Source(names, f"p{j}_").leaves(parent_var, parent_node, spec.parent_leaves)
         lines += [f"{pad}{line}" for line in statements + parent_statements]
         values = exprs + parent_exprs
-        lines += [f"{pad}x{j}_{i}({e})" for i, e in enumerate(values)] + [f"{pad}k += 1"]
+        lines += [f"{pad}x{j}_{i}({e})" for i, e in enumerate(values)] + ([] if single else [f"{pad}k += 1"])
+        if single:
+            return lines + [f"            counts{j}.append(len(a{j}_0))", "        else:",
+                            f"            present{j}.append(False)", f"            counts{j}.append(0)"]
         lines += ["        else:", f"            present{j}.append(False)", f"        counts{j}.append(k)"]
         return lines
 
@@ -301,13 +306,15 @@ class FastExtractor:
 
     def __call__(self, payloads: Sequence[Any]) -> Extracted:
         chunks = ArrowChunks() if self.arrow_chunks else NO_CHUNKS
-        root_columns, fast, slow, outs = self._fn(payloads, chunks)
+        root_columns, slow, outs = self._fn(payloads, chunks)
         final = chunks.results()
         if final:  # the columns' stand-ins (see ArrowChunks)
             root_columns = [final[id(c)] for c in root_columns]
             outs = [([final[id(c)] for c in columns], present, counts) for columns, present, counts in outs]
-        root = _name_columns(self.leaves, root_columns, len(fast)) if self.leaves else {}
-        records = np.asarray(fast, dtype=np.int64)
+        records = np.arange(len(payloads), dtype=np.int64)  # rows of the records read here
+        if slow:
+            records = np.delete(records, slow)
+        root = _name_columns(self.leaves, root_columns, len(records)) if self.leaves else {}
         expanded = []
         for spec, (columns, present, counts) in zip(self.expands, outs):
             own = sum(leaf.width for leaf in spec.leaves)

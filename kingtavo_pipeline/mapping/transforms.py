@@ -98,7 +98,7 @@ def first_non_null(inputs: list) -> pd.Series:
         if i == 0 and pa.types.is_string(arr.type):
             arr = arrow_text(arr)
             if arr.null_count == 0:  # every row has its first input: the rest are not read (all text)
-                return _series(arr)
+                return _series(arr)  # (first_input_complete tells this before: see the engine)
         if pa.types.is_string(arr.type) and i > 0:
             arr = arrow_text(arr)  # a blank string is no value
         arrays.append((arr, nested))
@@ -108,6 +108,13 @@ def first_non_null(inputs: list) -> pd.Series:
     kind = next(iter(types)) if len(types) == 1 else pa.string()
     out = pc.coalesce(*[a.cast(kind) for a, _ in arrays])
     return _series(out)
+
+
+def first_input_complete(column: Any) -> bool:
+    """Whether ``first_non_null`` over this first input stops at it, reading none of the others
+    (the condition it checks first): every value a non-blank string."""
+    arr, _ = to_arrow(column)
+    return pa.types.is_string(arr.type) and arrow_text(arr).null_count == 0
 
 
 @register("split_name", params=("part",))

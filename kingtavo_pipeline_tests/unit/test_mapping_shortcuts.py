@@ -3,7 +3,7 @@ numpy, text of few distinct values converted once per value, times parsed by Arr
 regex, conversions shared by fields reading the same column, transforms that stop at a complete
 first input, text not trimmed when no string has whitespace at its ends, sums of only empty
 arrays, merchant text taken at once and inferred once per run, constants as one Arrow value taken n
-times. Each must give exactly what
+times, fallback paths extracted only for batches that read them. Each must give exactly what
 the general route gives (values, dtypes, problems and their messages)."""
 
 from __future__ import annotations
@@ -302,26 +302,53 @@ def _frame_column_by_column(self, target, values, level, rejected):
     return frame if keep.all() else frame[keep].reset_index(drop=True)
 
 
-@pytest.mark.parametrize("shape", ["salla", "no merchant", "empty", "rejects"])
+_EVERY_TYPE = {
+    "integration": "x", "entity": "y",
+    "targets": {"t": {"fields": {
+        "id": {"path": "id", "required": True}, "n": {"path": "n", "type": "integer"}, "f": {"path": "f", "type": "number"},
+        "d": {"path": "f", "type": "decimal"}, "when": {"path": "when", "type": "timestamp"}, "url": {"path": "url", "type": "url"},
+        "s": {"path": "s", "type": "text"}, "k": {"const": 5}, "e": {"path": "s", "enum": {"map": {"a": "A"}, "default": "z"}},
+    }}, "u": {"expand": "items[]", "fields": {"i": {"path": "$.id"}, "q": {"path": "q", "type": "integer"}, "p": {"path": "$index"}}}},
+}
+
+
+@pytest.mark.parametrize("shape", ["salla", "no merchant", "empty", "rejects", "types"])
 def test_output_frames_built_at_once(monkeypatch, shape):
-    """Output frames (and the empty rejects) built at once, as they were built column by column."""
-    mapping = shipped_mapping("salla", "orders")
+    """Output frames (and the empty rejects) built at once, as they were built column by column
+    (with the typed Series given as their arrays, and without)."""
+    from kingtavo_pipeline.mapping import compile_mapping, parse_mapping
+
+    mapping = shipped_mapping("salla", "orders") if shape != "types" else compile_mapping(parse_mapping(_EVERY_TYPE))
+    rng = random.Random(3)
     payloads = _salla_payloads(80) if shape == "rejects" else generate(0, 80)
+    if shape == "types":
+        payloads = [json.dumps({"id": rng.choice([i, i, None]), "n": rng.choice([1, None, 1, 3, 2.5]), "f": rng.choice([1.5, None, 7]),
+                                "when": rng.choice(["2025-01-01T00:00:00Z", None] * 9 + ["bad"]), "url": rng.choice(["https://a.b", None]),
+                                "s": rng.choice(["a", " b", None]), "items": [{"q": rng.choice([1, None])}] * rng.randrange(3)})
+                    for i in range(80)]
     frame = pd.DataFrame({"payload": pd.Series(payloads, dtype=object), "raw_data_id": range(80),
                           "source_id": [f"r{i}" for i in range(80)], "merchant_id": ["m1", "m2"] * 40,
                           "observed_seq": range(80)})
+    if shape in ("salla", "types"):  # as the bench gives it (an object column stays one)
+        frame["source_id"] = pd.Series([f"r{i}" for i in range(80)], dtype=object)
     if shape == "no merchant":
         frame = frame.drop(columns=["merchant_id"])
     if shape == "empty":
         frame = frame.iloc[:0]
     fast = mapping.run(frame)
+    _frame = engine._Run._frame
     monkeypatch.setattr(engine._Run, "_frame", _frame_column_by_column)
     monkeypatch.setattr(engine, "_empty_rejects", lambda: pd.DataFrame(
         {c: pd.Series(dtype="int64" if c == "raw_data_id" else object) for c in engine.REJECT_COLUMNS}))
     slow = mapping.run(frame)
+    monkeypatch.setattr(engine, "_FRAME_ARRAYS", False)
+    monkeypatch.setattr(engine._Run, "_frame", _frame)
+    series = mapping.run(frame)
     for name in slow.frames:
-        pd.testing.assert_frame_equal(fast[name], slow[name], check_exact=True)
-        assert list(fast[name].dtypes) == list(slow[name].dtypes)
+        for other in (slow, series):
+            pd.testing.assert_frame_equal(fast[name], other[name], check_exact=True)
+            assert list(fast[name].dtypes) == list(other[name].dtypes)
+            assert fast[name].index.equals(other[name].index) and type(fast[name].index) is type(other[name].index)
     pd.testing.assert_frame_equal(fast.rejects, slow.rejects, check_exact=True)
     assert list(fast.rejects.dtypes) == list(slow.rejects.dtypes)
 
@@ -346,3 +373,68 @@ def test_constants_converted_once(monkeypatch):
                     pd.testing.assert_series_equal(fast.values, slow.values, check_exact=True)
                     assert [(p.error_type, p.mask.tolist(), list(np.atleast_1d(p.reasons))) for p in fast.problems] == \
                         [(p.error_type, p.mask.tolist(), list(np.atleast_1d(p.reasons))) for p in slow.problems], (const, type_)
+
+
+def _perturbed_salla(rng: random.Random, n: int, rate: float) -> list:
+    """Salla details whose currencies (order, lines, and the totals' fallbacks) are at ``rate``
+    missing, blank, padded, lower case, numbers, objects or lists."""
+    odd = [None, "", "  ", " sar ", "usd", 7, 1.5, True, {"code": "SAR"}, ["SAR"], "\u00a0SAR"]
+    docs = [orjson.loads(p) for p in generate(rng.randrange(10**6), n, seed=rng.randrange(100))]
+    for d in docs:
+        places = [(d, "currency"), (d["amounts"]["total"], "currency")]
+        places += [(place, "currency") for item in d["items"] for place in (item, item["amounts"]["total"])]
+        for obj, key in places:
+            if rng.random() < rate:
+                if rng.random() < 0.3:
+                    obj.pop(key, None)
+                else:
+                    obj[key] = rng.choice(odd)
+    return [orjson.dumps(d) for d in docs]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_lazy_fallback_paths_identical_to_reading_them(monkeypatch, seed):
+    """The Salla currencies' fallbacks (``amounts.total.currency``) are left out of the extraction
+    of a batch whose every first currency is complete, and read only for the others: the output is
+    the one of a mapping that reads them always (values, dtypes, rejects)."""
+    rng = random.Random(seed)
+    lazy = shipped_mapping("salla", "orders")
+    assert {i.leaf.path for i in lazy._lazy} == {"amounts.total.currency"}
+    monkeypatch.setattr(engine, "_LAZY_FALLBACKS", False)
+    always = engine.CompiledMapping(lazy.spec)
+    assert not always._lazy and always._lean_extractor is always._fast_extractor
+    took = {"lean": 0, "full": 0}
+    for rate in (0.0, 0.0005, 0.01, 0.2):
+        n = rng.choice([1, 40, 700])
+        payloads = _perturbed_salla(rng, n, rate)
+        if rng.random() < 0.2:
+            payloads[rng.randrange(n)] = b'{"id": 1, "currency": "SAR", "items": [], "x": 1e999999}'  # the general route
+        frame = pd.DataFrame({"payload": pd.Series(payloads, dtype=object), "raw_data_id": range(n),
+                              "source_id": [f"r{i}" for i in range(n)], "merchant_id": "m1"})
+        full = lazy._fast_extractor
+        calls = []
+        monkeypatch.setattr(lazy, "_fast_extractor", lambda p, full=full: calls.append(1) or full(p))
+        got = lazy.run(frame)
+        monkeypatch.setattr(lazy, "_fast_extractor", full)
+        took["full" if calls else "lean"] += 1
+        want = always.run(frame)
+        for name in want.frames:
+            pd.testing.assert_frame_equal(got[name], want[name], check_exact=True)
+            assert list(got[name].dtypes) == list(want[name].dtypes)
+        pd.testing.assert_frame_equal(got.rejects, want.rejects, check_exact=True)
+    assert took["lean"] and (took["full"] or seed % 2)
+
+
+def test_lazy_fallback_paths_only_where_nothing_else_reads_them():
+    """A fallback path read by another field, or under a merchant's override, is extracted always."""
+    from kingtavo_pipeline.mapping import compile_mapping, parse_mapping
+
+    def spec(fields: dict, overrides: dict | None = None) -> dict:
+        return {"integration": "x", "entity": "y", "targets": {"t": {"fields": fields}}, "overrides": overrides or {}}
+
+    pick = {"paths": ["a", "b"], "transform": "first_non_null"}
+    assert {i.leaf.path for i in compile_mapping(parse_mapping(spec({"v": pick})))._lazy} == {"b"}
+    assert not compile_mapping(parse_mapping(spec({"v": pick, "w": {"path": "b"}})))._lazy
+    assert not compile_mapping(parse_mapping(spec({"v": pick, "w": {"paths": ["b", "a"], "transform": "first_non_null"}})))._lazy
+    assert not compile_mapping(parse_mapping(spec({"v": pick}, {"m1": {"fields": {"t.v": {"path": "a"}}}})))._lazy
+    assert not compile_mapping(parse_mapping(spec({"v": {**pick, "transform": "concat"}})))._lazy
