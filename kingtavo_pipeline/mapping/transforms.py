@@ -78,6 +78,13 @@ def title(inputs: list) -> pd.Series:
 def concat(inputs: list, sep: str = "") -> pd.Series:
     """Join the present inputs with ``sep``; missing when all are missing."""
     parts = [_arrow_text(column) for column in inputs]
+    # Arrow's "skip" emits no element at all for a row whose inputs are all missing, so the result
+    # would be shorter than the batch and every later row would take the next record's value. An
+    # empty first part keeps the row; "" then reads as missing.
+    missing = parts[0].is_null()
+    for part in parts[1:]:
+        missing = pc.and_(missing, part.is_null())
+    parts[0] = pc.if_else(missing, "", parts[0])
     joined = pc.binary_join_element_wise(*parts, sep, null_handling="skip")
     return _series(arrow_text(joined))
 

@@ -285,6 +285,26 @@ def test_integers_beyond_a_float_are_exact_and_beyond_int64_rejected_not_crashin
 # ------------------------------------------------------------------------------- transforms
 
 
+def test_concat_keeps_every_row_when_a_row_has_none_of_its_inputs():
+    """Arrow's join with nulls skipped drops a row whose inputs are all missing: every later row
+    then took the next record's phone (a customer without a mobile got the next customer's)."""
+    spec = one_target({
+        "source_id": {"path": "id"},
+        "phone": {"paths": ["dial", "mobile"], "transform": "concat"},
+        "full": {"paths": ["first", "last"], "transform": "join"},
+    })
+    out = run(spec,
+              {"id": 1, "dial": "+966", "mobile": 501, "first": "A", "last": "One"},
+              {"id": 2, "first": " "},
+              {"id": 3, "dial": "+966", "mobile": 503, "last": "Three"},
+              {"id": 4, "mobile": 504, "first": "D"},
+              {"id": 5})
+    t = out["things"]
+    assert t["source_id"].tolist() == ["1", "2", "3", "4", "5"]
+    assert [None if pd.isna(v) else v for v in t["phone"]] == ["+966501", None, "+966503", "504", None]
+    assert [None if pd.isna(v) else v for v in t["full"]] == ["A One", None, "Three", "D", None]
+
+
 def test_named_transforms():
     spec = one_target({
         "source_id": {"path": "id"},
