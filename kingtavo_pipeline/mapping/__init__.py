@@ -8,6 +8,7 @@ runs a compiled mapping over a batch of raw rows.
 from kingtavo_pipeline.mapping.columns import Problem, parse_amounts, parse_timestamps
 from kingtavo_pipeline.mapping.engine import (
     BOOKKEEPING,
+    ENGINE_VERSION,
     ERROR_TYPES,
     REJECT_COLUMNS,
     CompiledMapping,
@@ -33,6 +34,7 @@ from kingtavo_pipeline.mapping.transforms import REGISTRY, register
 
 __all__ = [
     "BOOKKEEPING",
+    "ENGINE_VERSION",
     "ERROR_TYPES",
     "MAPPINGS_DIR",
     "REGISTRY",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kingtavo_pipeline import mapping as mapping_engine
 from kingtavo_pipeline.mapping import MAPPINGS_DIR, CompiledMapping, compile_file
 
 # Parents first: an order's customer and products are written before it, lines after it.
@@ -58,8 +59,9 @@ class EntityMapper:
         return cls({entity: mapping_path(source, entity) for entity in source.entities})
 
     def fingerprint(self) -> str:
-        """What decides how the source maps: every mapping file's content (a change re-maps)."""
-        digest = hashlib.sha256()
+        """What decides how the source maps: every mapping file's content and the engine's version
+        (a change to either re-maps)."""
+        digest = hashlib.sha256(f"engine {mapping_engine.ENGINE_VERSION}\0".encode())
         for entity, path in sorted(self.paths.items()):
             digest.update(entity.encode() + b"\0" + Path(path).read_bytes() + b"\0")
         return digest.hexdigest()

@@ -314,3 +314,16 @@ def test_sandbox_printavo_customers(world):
     source = world.printavo_customers()
     customers = mapped("printavo", "customers", source)["customers"]
     assert len(customers) == len(source) and customers["email"].notna().all() and set(customers["country"]) == {"US"}
+
+
+def test_an_engine_version_change_changes_the_entity_mapping_fingerprint(monkeypatch):
+    """Core re-maps an API source when its fingerprint changes: a fix in the engine must do that
+    too, or rows mapped wrongly before the fix would stay wrong."""
+    import kingtavo_pipeline.mapping as mapping
+    from kingtavo_pipeline.transform.entities import EntityMapper
+
+    mapper = EntityMapper({"customers": shipped_mappings()["salla_customers"]})
+    before = mapper.fingerprint()
+    assert mapper.fingerprint() == before  # stable while nothing changes
+    monkeypatch.setattr(mapping, "ENGINE_VERSION", mapping.ENGINE_VERSION + 1)
+    assert mapper.fingerprint() != before
