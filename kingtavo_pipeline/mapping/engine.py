@@ -38,11 +38,11 @@ from kingtavo_pipeline.mapping.fast import fast_extractor
 from kingtavo_pipeline.mapping.spec import FieldSpec, MappingSpec
 from kingtavo_pipeline.mapping.transforms import REGISTRY, first_input_complete
 
-# Lower rank wins when a record has several problems of different kinds.
 # Raise when the engine maps the same file to other results (a fix in a transform or a conversion):
 # core's entity step then maps every record of each API source again. 2: concat/join kept rows
 # whose inputs were all missing (before, later rows of the batch took the next record's value).
 ENGINE_VERSION = 2
+# Lower rank wins when a record has several problems of different kinds.
 ERROR_TYPES = ("malformed_payload", "missing_required", "invalid_type", "invalid_value")
 RANK = {name: rank for rank, name in enumerate(ERROR_TYPES)}
 REJECT_COLUMNS = ("source_id", "raw_data_id", "partition_date", "payload", "error_type", "error_message", "merchant_id")
