@@ -1,9 +1,10 @@
 """The orders star in ClickHouse: ``warehouse/orders_fact`` (one row per order line),
 ``warehouse/customers_dim`` and ``warehouse/products_dim``, copied from the core entity tables.
 
-Each asset reads its days from PostgreSQL with one streamed query (a server-side cursor, batch by
-batch) and hands Arrow batches to the ClickHouse IO manager, which replaces the days' partitions
-atomically. Days whose rows and newest row version already match core are not copied again.
+Each asset reads its days from PostgreSQL with one streamed ``COPY ... TO STDOUT`` parsed into
+Arrow as it arrives (the way the PostgreSQL IO manager reads) and hands Arrow batches to the
+ClickHouse IO manager, which replaces the days' partitions atomically. Days whose rows and newest
+row version already match core are not copied again.
 """
 
 
@@ -12,14 +13,18 @@ from dataclasses import dataclass
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg import sql
 
 from kingtavo_pipeline.defs.ingest.assets import OWNER
 from kingtavo_pipeline.defs.partitions import daily_partitions, single_run_backfill
 from kingtavo_pipeline.defs.resources import ClickHouseResource, PostgresResource
 from kingtavo_pipeline.defs.runs import partition_label, utc_window
 from kingtavo_pipeline.defs.warehouse.assets import WarehouseConfig, warehouse_day_versions
+from kingtavo_pipeline.io_managers.slices import rebatch
 from kingtavo_pipeline.storage.bookkeeping import etl_run
 from kingtavo_pipeline.storage.clickhouse import CLICKHOUSE_POOL
+from kingtavo_pipeline.storage.postgres import copy_out_batches
 
 READ_BATCH_ROWS = 50_000
 MONEY = pa.decimal128(18, 4)
@@ -34,7 +39,7 @@ class StarTable:
     name: str
     core_tables: tuple[str, ...]
     schema: pa.Schema
-    select: str  # %(start)s / %(end)s: the window's partition dates
+    select: str  # {start} / {end}: the window's partition dates (composed as literals: COPY takes no parameters)
     order_by: tuple[str, ...]
     core_days: str
     description: str
@@ -65,7 +70,7 @@ SELECT o.source_type, o.source_name, o.merchant_id, o.source_id, coalesce(l.sour
 FROM orders o
 LEFT JOIN order_lines l ON l.source_type = o.source_type AND l.source_name = o.source_name
      AND l.merchant_id = o.merchant_id AND l.order_source_id = o.source_id
-WHERE o.partition_date >= %(start)s AND o.partition_date < %(end)s
+WHERE o.partition_date >= {start} AND o.partition_date < {end}
 """,
     order_by=("source_type", "source_name", "merchant_id", "order_source_id", "line_source_id"),
     core_days="""
@@ -91,7 +96,7 @@ CUSTOMERS_DIM = StarTable(
 SELECT source_type, source_name, merchant_id, source_id, email,
        coalesce(full_name, nullif(concat_ws(' ', first_name, last_name), '')), phone, city, country,
        created_at, source_updated_at, partition_date, row_version
-FROM customers WHERE partition_date >= %(start)s AND partition_date < %(end)s
+FROM customers WHERE partition_date >= {start} AND partition_date < {end}
 """,
     order_by=("source_type", "source_name", "merchant_id", "source_id"),
     core_days="""SELECT partition_date, count(*), max(row_version) FROM customers
@@ -111,7 +116,7 @@ PRODUCTS_DIM = StarTable(
     select="""
 SELECT source_type, source_name, merchant_id, source_id, sku, name, status, price, currency, stock_quantity,
        category, created_at, source_updated_at, partition_date, row_version
-FROM products WHERE partition_date >= %(start)s AND partition_date < %(end)s
+FROM products WHERE partition_date >= {start} AND partition_date < {end}
 """,
     order_by=("source_type", "source_name", "merchant_id", "source_id"),
     core_days="""SELECT partition_date, count(*), max(row_version) FROM products
@@ -122,16 +127,38 @@ FROM products WHERE partition_date >= %(start)s AND partition_date < %(end)s
 STAR_TABLES = (ORDERS_FACT, CUSTOMERS_DIM, PRODUCTS_DIM)
 
 
+def copy_query(table: StarTable, start, end) -> tuple[sql.Composable, pa.Schema]:
+    """The window's query as ``COPY`` runs it, and the schema its CSV parses into: the select's
+    columns named after ``table.schema``, UTC timestamps read as naive UTC text (cast back after)."""
+    utc = {f.name for f in table.schema if f.type == TS}
+    columns = sql.SQL(", ").join(
+        sql.SQL("({} AT TIME ZONE 'UTC')").format(sql.Identifier(f.name)) if f.name in utc else sql.Identifier(f.name)
+        for f in table.schema
+    )
+    select = sql.SQL(table.select).format(start=sql.Literal(start), end=sql.Literal(end))
+    query = sql.SQL("SELECT {} FROM ({}) AS s ({})").format(
+        columns, select, sql.SQL(", ").join(sql.Identifier(name) for name in table.schema.names))
+    parse = pa.schema([(f.name, pa.timestamp("us")) if f.name in utc else f for f in table.schema])
+    return query, parse
+
+
 def stream_core(store, table: StarTable, start, end, batch_rows: int = READ_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """The window's rows in the warehouse's types, batch by batch from a server-side cursor."""
-    with store.transaction() as conn, conn.cursor(name=f"star_{table.name}") as cursor:
-        cursor.execute(table.select, {"start": start, "end": end})
-        while rows := cursor.fetchmany(batch_rows):
-            columns = list(zip(*rows, strict=True))
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(col, type=f.type) for col, f in zip(columns, table.schema, strict=True)],
+    """The window's rows in the warehouse's types, in batches of ``batch_rows``, from one
+    ``COPY ... TO STDOUT`` parsed as it arrives (memory holds a batch or two)."""
+    query, parse = copy_query(table, start, end)
+    with store.transaction() as conn:
+        parsed = copy_out_batches(conn, query, parse)
+        typed = (
+            pa.RecordBatch.from_arrays(
+                [column if column.type == f.type else pc.cast(column, f.type) for column, f in zip(batch.columns, table.schema)],
                 schema=table.schema,
             )
+            for batch in parsed
+        )
+        try:
+            yield from rebatch(typed, batch_rows)
+        finally:
+            parsed.close()  # end the COPY before the transaction ends (a consumer that stopped early)
 
 
 def _star_asset(table: StarTable) -> dg.AssetsDefinition:
