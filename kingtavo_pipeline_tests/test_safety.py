@@ -18,7 +18,9 @@ from filelock import FileLock, Timeout
 from kingtavo_pipeline.defs import resources
 from kingtavo_pipeline.defs.resources import ClickHouseResource, PostgresResource
 from kingtavo_pipeline.io_managers.clickhouse import ClickHouseIOManager
+from kingtavo_pipeline.io_managers.postgres import PostgresIOManager
 from kingtavo_pipeline.storage.bookkeeping import etl_run
+from kingtavo_pipeline.storage.errors import DatabaseError
 from kingtavo_pipeline.storage.clickhouse import connect_clickhouse
 from kingtavo_pipeline.storage.migrations import (
     clickhouse_migration_lock_path,
@@ -152,14 +154,52 @@ def _fail_through_sqlalchemy(store):
     ],
 )
 def test_failed_run_records_class_and_server_message_but_no_row_values(store, fail, expected):
-    with pytest.raises(Exception) as err:
+    with pytest.raises(Exception) as driver:
+        fail(store)
+    assert PAYLOAD_SECRET in str(driver.value)  # the driver's own text has it: that is the leak
+    with pytest.raises(DatabaseError) as err:
         with etl_run(store, run_id="r-secret", asset_key="core/unified_items", partition_key="2024-11-01"):
             fail(store)
-    assert PAYLOAD_SECRET in str(err.value)  # the driver's own text has it: that is the leak
     message = store.fetch_value("SELECT error_message FROM etl_runs WHERE run_id = 'r-secret'")
     assert PAYLOAD_SECRET not in message
     assert expected in message
-    assert message.startswith(type(err.value).__name__)
+    assert message.startswith(type(driver.value).__name__)
+    # what leaves etl_run (and reaches Dagster's event log) is the same text, the original not chained
+    assert str(err.value) == message
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert any(frame.name == fail.__name__ for frame in __import__("traceback").extract_tb(err.value.__traceback__))
+
+
+def _failure_text(result: dg.ExecuteInProcessResult) -> str:
+    failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert failures
+    return "\n".join(e.event_specific_data.error.to_string() for e in failures)
+
+
+def test_dagster_event_log_gets_no_row_values_from_a_failed_step(store, postgres_url):
+    """A database error in an asset body (inside etl_run) and one in the PostgreSQL IO manager's
+    write: the step failure Dagster stores and shows names the error, not the failing row."""
+
+    @dg.asset
+    def body(context):
+        with etl_run(store, run_id=context.run.run_id, asset_key="body", partition_key=None):
+            _fail_not_null(store)
+
+    with store.transaction() as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS safety")
+        conn.execute("CREATE TABLE IF NOT EXISTS safety.strict (id text NOT NULL, secret text NOT NULL)")
+
+    @dg.asset
+    def strict() -> pd.DataFrame:
+        return pd.DataFrame({"id": [None], "secret": [PAYLOAD_SECRET]})  # Failing row contains (null, <secret>)
+
+    iom = PostgresIOManager(postgres=PostgresResource(postgres_url=postgres_url), schema="safety")
+    for asset, expected in ((body, "violates not-null constraint"), (strict, 'null value in column "id"')):
+        result = dg.materialize([asset], resources={"io_manager": iom}, raise_on_error=False)
+        assert not result.success
+        text = _failure_text(result)
+        assert expected in text and "DatabaseError" in text
+        assert PAYLOAD_SECRET not in text
 
 
 def test_failed_run_message_is_redacted(store):

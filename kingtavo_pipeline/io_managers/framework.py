@@ -23,6 +23,7 @@ from dagster import InputContext, OutputContext
 from dagster._core.storage.db_io_manager import DbClient, DbTypeHandler, TableSlice
 
 from kingtavo_pipeline.io_managers.slices import DEFAULT_BATCH_ROWS, output_parts, slice_id, slice_name
+from kingtavo_pipeline.storage.errors import row_data_kept_out
 from kingtavo_pipeline.storage.postgres import to_arrow
 
 T = TypeVar("T")
@@ -63,12 +64,15 @@ class ArrowTypeHandler(SliceOperations, DbTypeHandler[pa.Table]):
     def supported_types(self) -> Sequence[type[object]]:
         return [pa.Table]
 
+    # a database error leaves the IO manager as DatabaseError: Dagster's event log gets no row values
     def handle_output(self, context: OutputContext, table_slice: TableSlice, obj: Any, connection: Any) -> Mapping[str, Any]:
         arrow = to_arrow(obj)
-        return self.write_parts(context, table_slice, arrow.schema, iter([arrow]), connection)
+        with row_data_kept_out():
+            return self.write_parts(context, table_slice, arrow.schema, iter([arrow]), connection)
 
     def load_input(self, context: InputContext, table_slice: TableSlice, connection: Any) -> Any:
-        return self.read_arrow(context, table_slice, connection)
+        with row_data_kept_out():
+            return self.read_arrow(context, table_slice, connection)
 
 
 class PandasTypeHandler(ArrowTypeHandler):
@@ -91,11 +95,13 @@ class StreamTypeHandler(SliceOperations, DbTypeHandler[pa.RecordBatchReader]):
         return [pa.RecordBatchReader, collections.abc.Iterator]
 
     def handle_output(self, context: OutputContext, table_slice: TableSlice, obj: Any, connection: Any) -> Mapping[str, Any]:
-        schema, parts = output_parts(obj)
-        return self.write_parts(context, table_slice, schema, parts, connection)
+        with row_data_kept_out():
+            schema, parts = output_parts(obj)
+            return self.write_parts(context, table_slice, schema, parts, connection)
 
     def load_input(self, context: InputContext, table_slice: TableSlice, connection: Any) -> pa.RecordBatchReader:
-        return self.stream_arrow(context, table_slice, connection)
+        with row_data_kept_out():  # (a stream's later batches fail in the consumer, not here)
+            return self.stream_arrow(context, table_slice, connection)
 
 
 class SliceDbClient(DbClient[C]):

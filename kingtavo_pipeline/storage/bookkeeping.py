@@ -94,6 +94,11 @@ def etl_run(store: PostgresStore, *, run_id: str, asset_key: str, partition_key:
                        records_loaded = 0, records_failed = %s, error_message = %s WHERE id = %s""",
                 (counts.extracted, counts.failed, message, row_id),
             )
+        from kingtavo_pipeline.storage.errors import DatabaseError, is_database_error
+
+        if isinstance(exc, Exception) and is_database_error(exc):
+            # what Dagster records of the step's failure holds no row values either
+            raise DatabaseError(message).with_traceback(exc.__traceback__) from None
         raise
     with store.transaction() as conn:
         conn.execute(

@@ -4,10 +4,37 @@ that may name a store goes through."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class StoreUnavailableError(RuntimeError):
     """A store could not be started or reached. The message names the URL or data path and the log."""
+
+
+class DatabaseError(RuntimeError):
+    """A PostgreSQL error as it may be shown and stored: its class and the server's primary message
+    (:func:`describe_error`). The driver's own text carries DETAIL ("Failing row contains (...)",
+    "Key (...)=(...)") and SQLAlchemy's the statement's parameters, i.e. payload data; Dagster keeps
+    a failed step's exception text in its event log and shows it in the UI."""
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """A psycopg or SQLAlchemy error, or one wrapping a driver's error in ``.orig``."""
+    return type(exc).__module__.split(".")[0] in ("psycopg", "sqlalchemy") or isinstance(
+        getattr(exc, "orig", None), BaseException)
+
+
+@contextmanager
+def row_data_kept_out() -> Iterator[None]:
+    """Re-raise a database error as :class:`DatabaseError`, with the same traceback (which holds
+    code, not values) and without the original chained to it. Other errors pass unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
+        raise DatabaseError(describe_error(exc)).with_traceback(exc.__traceback__) from None
 
 
 MASK = "***"
@@ -82,6 +109,10 @@ def _server_message(exc: BaseException) -> str | None:
     if sqlstate.startswith("22"):
         # e.g. invalid input syntax for type integer: "<the row's value>"
         primary = _QUOTED.sub('"…"', primary)
+    context = getattr(diag, "context", None) or ""
+    if context.startswith("COPY "):
+        # where in a COPY, without the value: 'COPY items, line 5, column id: "<value>"'
+        primary += f" ({context.split(': ', 1)[0].splitlines()[0]})"
     return primary
 
 
