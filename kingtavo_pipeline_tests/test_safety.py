@@ -9,13 +9,16 @@ import uuid
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from dagster._core.remote_representation.external_data import RepositorySnap, ResourceConfigEnvVarSnap
+from dagster import build_init_resource_context
 from dagster._serdes import serialize_value
 from filelock import FileLock, Timeout
 
 from kingtavo_pipeline.defs import resources
+from kingtavo_pipeline_tests.io_helpers import load
 from kingtavo_pipeline.defs.resources import ClickHouseResource, PostgresResource
 from kingtavo_pipeline.io_managers.clickhouse import ClickHouseIOManager
 from kingtavo_pipeline.io_managers.postgres import PostgresIOManager
@@ -208,6 +211,26 @@ def test_failed_run_message_is_redacted(store):
             raise RuntimeError("lost postgresql://kingtavo:pw-4f9a8b@db.internal/kingtavo")
     message = store.fetch_value("SELECT error_message FROM etl_runs WHERE run_id = 'r-url'")
     assert "pw-4f9a8b" not in message and "db.internal" in message
+
+
+@pytest.mark.parametrize("typ", [pd.DataFrame, pa.RecordBatchReader], ids=["whole", "stream"])
+def test_io_manager_read_failing_on_a_row_names_no_value(store, postgres_url, typ):
+    """A read that fails on a row's value (a view casting text): the error that reaches the asset,
+    whole-table or streamed (the stream fails while the asset reads it), carries no value."""
+    with store.transaction() as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS safety")
+        conn.execute("CREATE TABLE IF NOT EXISTS safety.src (id int, v text)")
+        conn.execute("INSERT INTO safety.src SELECT g, g::text FROM generate_series(1, 20000) g")
+        conn.execute("INSERT INTO safety.src VALUES (20001, %s)", (PAYLOAD_SECRET,))
+        conn.execute("CREATE OR REPLACE VIEW safety.casted AS SELECT id, v::bigint AS v FROM safety.src")
+    iom = PostgresIOManager(postgres=PostgresResource(postgres_url=postgres_url), schema="safety")
+    # a stream's reader hands the generator's error on as ArrowInvalid, its text included
+    with pytest.raises((DatabaseError, pa.ArrowInvalid), match='InvalidTextRepresentation: '
+                       'invalid input syntax for type bigint: "…"') as err:
+        out = load(iom.create_io_manager(build_init_resource_context()), ["casted"], typ)
+        if typ is pa.RecordBatchReader:
+            out.read_all()
+    assert PAYLOAD_SECRET not in str(err.value)
 
 
 # --- ClickHouse migrations: locked, and once per process ----------------------------------------

@@ -28,6 +28,7 @@ from kingtavo_pipeline.io_managers.slices import (
     rebatch,
     slice_name,
 )
+from kingtavo_pipeline.storage.errors import row_data_kept_out
 from kingtavo_pipeline.storage.postgres import PostgresStore, copy_csv_options, copy_out_batches, copy_out_chunks
 
 
@@ -172,7 +173,9 @@ def stream_arrow(
     schema = _stream_schema(plan)
 
     def batches() -> Iterator[Any]:
-        with store.transaction() as own:
+        # read by the consuming asset, after load_input returned: a database error leaves as
+        # DatabaseError here too (no row values in Dagster's log)
+        with row_data_kept_out(), store.transaction() as own:
             yield schema
             parsed = _copy_batches(own, plan, block_size=1 << 20)
             typed = (
