@@ -25,10 +25,12 @@ REPO_DAGSTER_YAML = (
 
 def _known_errors() -> tuple[type[Exception], ...]:
     """Problems the user fixes in configuration or the environment: one line, no traceback."""
+    from kingtavo_pipeline.serving import AddressInUseError
     from kingtavo_pipeline.sources.config import SourceConfigError  # pandas: not at CLI start
     from kingtavo_pipeline.webhooks.config import WebhookConfigError
 
-    return (StoreUnavailableError, SourceConfigError, SettingsError, ValidationError, WebhookConfigError)
+    return (StoreUnavailableError, SourceConfigError, SettingsError, ValidationError, WebhookConfigError,
+            AddressInUseError)
 
 
 def _one_line(exc: Exception) -> str:

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +14,30 @@ from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
+
+
+class AddressInUseError(RuntimeError):
+    """Something already listens where a server was asked to (a one-line error from the CLI)."""
+
+
+def _check_free(host: str, port: int, name: str) -> None:
+    """Fail with the reason when ``host:port`` is taken (uvicorn's own thread would only log it).
+    SO_REUSEADDR, as uvicorn binds: a port in TIME_WAIT is free."""
+    if not port:
+        return
+    for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                                flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise AddressInUseError(
+                        f"the {name} cannot listen on {display_host(host)}:{port}: the address is in use "
+                        "(another kingtavo sandbox, serve or demo?); stop it or choose another port") from None
+                raise
+        return  # the first address is the one uvicorn binds
 
 
 class _ThreadServer(uvicorn.Server):
@@ -43,6 +69,7 @@ def serve_in_thread(
 
     ``lifespan="on"`` runs the app's startup and shutdown (the ingress flushes its writer on
     exit); ``graceful_shutdown`` bounds how long a hanging request holds the exit."""
+    _check_free(host, port, name)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan=lifespan,
                             timeout_graceful_shutdown=graceful_shutdown)
     server = _ThreadServer(config)

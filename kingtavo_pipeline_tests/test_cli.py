@@ -103,6 +103,22 @@ def test_unreachable_store_is_one_line_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_sandbox_on_a_taken_port_is_one_line_error(tmp_path):
+    """Something already listens on the port (an earlier sandbox, say): the command says so in one
+    line instead of a traceback about a server thread that did not start."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([str(BIN / "kingtavo"), "sandbox", "--port", str(port)], env=_clean_env(KINGTAVO_HOME=str(tmp_path)),
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert f"Error: the sandbox server cannot listen on 127.0.0.1:{port}: the address is in use" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_two_runs_started_together_both_succeed(store, postgres_url, tmp_path):
     """Two `dagster asset materialize` runs on one chDB path: the clickhouse pool queues, nothing crashes."""
     dagster_home = tmp_path / "dagster_home"
