@@ -100,7 +100,7 @@ class StreamTypeHandler(SliceOperations, DbTypeHandler[pa.RecordBatchReader]):
             return self.write_parts(context, table_slice, schema, parts, connection)
 
     def load_input(self, context: InputContext, table_slice: TableSlice, connection: Any) -> pa.RecordBatchReader:
-        with row_data_kept_out():  # (a stream's later batches fail in the consumer, not here)
+        with row_data_kept_out():  # (its later batches fail in the consumer: see postgres/read.py)
             return self.stream_arrow(context, table_slice, connection)
 
 
