@@ -20,8 +20,9 @@ class AddressInUseError(RuntimeError):
     """Something already listens where a server was asked to (a one-line error from the CLI)."""
 
 
-def _check_free(host: str, port: int, name: str) -> None:
-    """Fail with the reason when ``host:port`` is taken (uvicorn's own thread would only log it).
+def check_free(host: str, port: int, name: str) -> None:
+    """Fail with the reason when ``host:port`` is taken (uvicorn would only log it, from its thread
+    or before exiting the process).
     SO_REUSEADDR, as uvicorn binds: a port in TIME_WAIT is free."""
     if not port:
         return
@@ -69,7 +70,7 @@ def serve_in_thread(
 
     ``lifespan="on"`` runs the app's startup and shutdown (the ingress flushes its writer on
     exit); ``graceful_shutdown`` bounds how long a hanging request holds the exit."""
-    _check_free(host, port, name)
+    check_free(host, port, name)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan=lifespan,
                             timeout_graceful_shutdown=graceful_shutdown)
     server = _ThreadServer(config)

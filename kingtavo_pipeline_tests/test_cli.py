@@ -103,7 +103,8 @@ def test_unreachable_store_is_one_line_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_sandbox_on_a_taken_port_is_one_line_error(tmp_path):
+@pytest.mark.parametrize(("command", "name"), [("sandbox", "sandbox server"), ("serve", "webhook ingress")])
+def test_server_on_a_taken_port_is_one_line_error(tmp_path, command, name):
     """Something already listens on the port (an earlier sandbox, say): the command says so in one
     line instead of a traceback about a server thread that did not start."""
     import socket
@@ -112,10 +113,10 @@ def test_sandbox_on_a_taken_port_is_one_line_error(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run([str(BIN / "kingtavo"), "sandbox", "--port", str(port)], env=_clean_env(KINGTAVO_HOME=str(tmp_path)),
+        out = subprocess.run([str(BIN / "kingtavo"), command, "--port", str(port)], env=_clean_env(KINGTAVO_HOME=str(tmp_path)),
                              capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
-    assert f"Error: the sandbox server cannot listen on 127.0.0.1:{port}: the address is in use" in out.stderr
+    assert f"Error: the {name} cannot listen on 127.0.0.1:{port}: the address is in use" in out.stderr
     assert "Traceback" not in out.stderr
 
 

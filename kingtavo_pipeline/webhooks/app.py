@@ -274,6 +274,9 @@ def serve(host: str, port: int, config_path: str | None) -> None:
     """
     import uvicorn
 
+    from kingtavo_pipeline.serving import check_free
+
+    check_free(host, port, "webhook ingress")
     app = app_from_settings(config_path)
     names = ", ".join(app.state.ingress.sources) or "none (set KINGTAVO_WEBHOOKS_FILE)"
     log.warning("webhook ingress on http://%s:%s, sources: %s", host, port, names)
